@@ -1,0 +1,2 @@
+//! guestServer binary (placeholder until the dispatcher lands).
+fn main() {}

@@ -1,0 +1,1 @@
+//! guest-heartbeat: the domain crate (wire types, state machines, dispatchers).
