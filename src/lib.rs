@@ -1,1 +1,4 @@
-//! guest-heartbeat: the domain crate (wire types, state machines, dispatchers).
+//! guest-heartbeat: the domain crate. Wire types (`wire`), the guestServer
+//! domain (`server`), and the binaries under `src/bin/`.
+
+pub mod wire;

@@ -1,0 +1,12 @@
+//! Wire formats, and nothing else: the guest channel protocol (`guest`), the
+//! 1060-byte UDP envelope shared with guestAgent and mtcAgent (`envelope`), and
+//! the JSON payloads carried inside it (`payload`).
+//!
+//! Pure code; it runs on whichever thread decodes or encodes (reader threads
+//! decode guest lines, the UDP thread decodes datagrams, dispatchers encode).
+//! Only this module knows about JSON shapes (house rule 12).
+
+pub mod envelope;
+pub mod guest;
+pub mod payload;
+pub mod vocab;
