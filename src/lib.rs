@@ -1,4 +1,6 @@
 //! guest-heartbeat: the domain crate. Wire types (`wire`), the guestServer
 //! domain (`server`), and the binaries under `src/bin/`.
 
+pub mod daemon;
+pub mod ini;
 pub mod wire;
