@@ -3,4 +3,6 @@
 
 pub mod daemon;
 pub mod ini;
+pub mod rng;
+pub mod server;
 pub mod wire;
