@@ -92,6 +92,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::within;
     use crossbeam_channel::unbounded;
     use std::time::Duration;
 
@@ -101,7 +102,7 @@ mod tests {
         let (tx, rx) = unbounded();
         let h = spawn_named("guard-test", None, tx, |e| e, body).unwrap();
         let exit = rx.recv_timeout(WAIT).unwrap();
-        h.join().unwrap();
+        within(WAIT, move || h.join().unwrap());
         exit
     }
 
@@ -141,6 +142,6 @@ mod tests {
         let (tx, rx) = unbounded::<ThreadExit>();
         drop(rx);
         let h = spawn_named("guard-drop", Some(64 * 1024), tx, |e| e, || Ok(())).unwrap();
-        h.join().unwrap();
+        within(WAIT, move || h.join().unwrap());
     }
 }

@@ -24,6 +24,8 @@ pub mod http;
 pub mod ratelimit;
 pub mod reader;
 pub mod signals;
+#[cfg(test)]
+mod testutil;
 pub mod timer;
 pub mod udp;
 pub mod watcher;
