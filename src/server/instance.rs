@@ -27,6 +27,12 @@ pub const MAX_BACKOFF_SECS: u32 = 60;
 pub const RECONNECT_AUDIT: Duration = Duration::from_secs(120);
 /// How long after a migration/suspend/reboot event challenges stay silenced (spec §6.6).
 pub const INIT_WAIT: Duration = Duration::from_secs(60);
+/// Longest guest name kept (the guest's own limit, spec §4.2).
+pub const MAX_NAME: usize = 64;
+/// Longest short string kept (corrective actions), so every payload fits the envelope.
+pub const MAX_VALUE: usize = 32;
+/// Longest guest log text kept.
+pub const MAX_LOG: usize = 224;
 /// Range `*_secs` values are clamped to (decisions §5).
 pub const SECS_RANGE: (u32, u32) = (1, 3600);
 
@@ -386,7 +392,7 @@ impl Instance {
         }
         let secs = |v: u32| v.clamp(SECS_RANGE.0, SECS_RANGE.1);
         self.params = GuestParams {
-            name: init.name,
+            name: bounded(init.name, MAX_NAME),
             invocation_id: init.invocation_id,
             heartbeat_interval_ms: interval,
             vote_secs: secs(init.vote_secs),
@@ -394,7 +400,7 @@ impl Instance {
             suspend_notice_secs: secs(init.suspend_notice_secs),
             resume_notice_secs: secs(init.resume_notice_secs),
             restart_secs: secs(init.restart_secs),
-            corrective_action: init.corrective_action,
+            corrective_action: bounded(init.corrective_action, MAX_VALUE),
         };
         self.unhealthy_action = "unknown".to_string();
         out.push(Effect::Cancel(TimerKind::Init));
@@ -451,15 +457,15 @@ impl Instance {
                         r.heartbeat_health
                     )));
                 }
-                self.unhealthy_action = r.corrective_action.clone();
-                match r.corrective_action.as_str() {
+                let action = bounded(r.corrective_action, MAX_VALUE);
+                self.unhealthy_action = action.clone();
+                match action.as_str() {
                     "none" | "unknown" => out.push(Effect::Warn(format!(
                         "unhealthy ({}) with action '{}': not reporting",
-                        r.log_msg, r.corrective_action
+                        bounded(r.log_msg, MAX_LOG),
+                        action
                     ))),
-                    _ => out.push(Effect::Agent(AgentEvent::IllHealth {
-                        action: r.corrective_action,
-                    })),
+                    _ => out.push(Effect::Agent(AgentEvent::IllHealth { action })),
                 }
             }
         }
@@ -595,6 +601,14 @@ impl Instance {
         };
         secs.saturating_mul(1000)
     }
+}
+
+/// `s` cut to at most `max` characters.
+pub fn bounded(mut s: String, max: usize) -> String {
+    if let Some((idx, _)) = s.char_indices().nth(max) {
+        s.truncate(idx);
+    }
+    s
 }
 
 #[cfg(test)]

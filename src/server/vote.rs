@@ -9,7 +9,9 @@ use std::time::Duration;
 use crate::wire::guest::{ActionNotify, ActionResponse, HostMsg};
 use crate::wire::vocab::{EventType, NotificationType, VoteResult};
 
-use super::instance::{AgentEvent, Ctx, Effect, HbState, Instance, Link, TimerKind};
+use super::instance::{
+    bounded, AgentEvent, Ctx, Effect, HbState, Instance, Link, TimerKind, MAX_LOG, MAX_VALUE,
+};
 
 /// The outstanding vote or notification (the original's `vnState`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,11 +79,11 @@ impl Instance {
         self.vote = None;
         out.push(Effect::Cancel(TimerKind::Vote));
         self.send_result(
-            r.notification_type,
-            r.event_type,
+            bounded(r.notification_type, MAX_VALUE),
+            bounded(r.event_type, MAX_VALUE),
             result,
-            r.vote_result.clone(),
-            r.log_msg,
+            bounded(r.vote_result, MAX_VALUE),
+            bounded(r.log_msg, MAX_LOG),
             out,
         );
     }
