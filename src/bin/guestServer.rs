@@ -67,10 +67,7 @@ fn main() -> ExitCode {
 fn run(settings: Settings) -> Result<ExitCode, String> {
     let _pidfile = PidFile::create(&settings.pidfile).map_err(|e| e.to_string())?;
     if let Err(e) = daemon::write_health_file(&settings.health_file, "guestServer") {
-        log::warn!(
-            "cannot write health file {}: {e}",
-            settings.health_file.display()
-        );
+        log::warn!("cannot write health file {}: {e}", settings.health_file.display());
     }
     log::info!(
         "starting: host {}, channels in {}, commands on {}, agent {}, state in {}",
@@ -89,8 +86,7 @@ fn run(settings: Settings) -> Result<ExitCode, String> {
     };
 
     let (tx, rx) = crossbeam_channel::bounded::<Event>(INBOX);
-    let rx_sock = UdpSocket::bind(settings.listen)
-        .map_err(|e| format!("cannot bind UDP {}: {e}", settings.listen))?;
+    let rx_sock = UdpSocket::bind(settings.listen).map_err(|e| format!("cannot bind UDP {}: {e}", settings.listen))?;
     let any: SocketAddr = match settings.agent_addr() {
         Some(SocketAddr::V6(_)) => "[::]:0".parse().map_err(|_| "bad address")?,
         _ => "0.0.0.0:0".parse().map_err(|_| "bad address")?,
@@ -99,13 +95,7 @@ fn run(settings: Settings) -> Result<ExitCode, String> {
     udp_tx.set_nonblocking(true).map_err(|e| e.to_string())?;
 
     let signals = gh_threads::signals::spawn_signals(
-        &[
-            libc::SIGTERM,
-            libc::SIGINT,
-            libc::SIGHUP,
-            libc::SIGUSR1,
-            libc::SIGUSR2,
-        ],
+        &[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2],
         tx.clone(),
         Event::Signal,
         Event::ThreadExit,
@@ -113,32 +103,16 @@ fn run(settings: Settings) -> Result<ExitCode, String> {
     .map_err(|e| format!("cannot start signal thread: {e}"))?;
     let timer = gh_threads::timer::spawn_timer(tx.clone(), Event::Tick, Event::ThreadExit)
         .map_err(|e| format!("cannot start timer thread: {e}"))?;
-    let watcher = gh_threads::watcher::spawn_watcher(
-        settings.channel_dir.clone(),
-        tx.clone(),
-        Event::Watch,
-        Event::ThreadExit,
-    )
-    .map_err(|e| format!("cannot watch {}: {e}", settings.channel_dir.display()))?;
-    let udp = gh_threads::udp::spawn_udp_receiver(
-        "udp-rx",
-        rx_sock,
-        ENVELOPE_LEN,
-        tx.clone(),
-        Event::Udp,
-        Event::ThreadExit,
-    )
-    .map_err(|e| format!("cannot start UDP thread: {e}"))?;
+    let watcher =
+        gh_threads::watcher::spawn_watcher(settings.channel_dir.clone(), tx.clone(), Event::Watch, Event::ThreadExit)
+            .map_err(|e| format!("cannot watch {}: {e}", settings.channel_dir.display()))?;
+    let udp =
+        gh_threads::udp::spawn_udp_receiver("udp-rx", rx_sock, ENVELOPE_LEN, tx.clone(), Event::Udp, Event::ThreadExit)
+            .map_err(|e| format!("cannot start UDP thread: {e}"))?;
     let http = match settings.http {
         Some(addr) => Some(
-            gh_threads::http::spawn_http(
-                "http",
-                addr,
-                status::handler(tx.clone()),
-                tx.clone(),
-                Event::ThreadExit,
-            )
-            .map_err(|e| e.to_string())?,
+            gh_threads::http::spawn_http("http", addr, status::handler(tx.clone()), tx.clone(), Event::ThreadExit)
+                .map_err(|e| e.to_string())?,
         ),
         None => None,
     };
@@ -148,12 +122,7 @@ fn run(settings: Settings) -> Result<ExitCode, String> {
     let saver = statefile::spawn_saver(settings.state_dir.clone(), tx.clone(), Event::ThreadExit)
         .map_err(|e| format!("cannot start state saver: {e}"))?;
 
-    let io = Io {
-        tx,
-        timer,
-        udp_tx,
-        saver,
-    };
+    let io = Io { tx, timer, udp_tx, saver };
     let mut dispatcher = Dispatcher::new(settings, io, Rng::from_entropy());
     let now = Instant::now();
     if let Some(saved) = saved {

@@ -31,11 +31,7 @@ pub struct AgentLink {
 
 impl AgentLink {
     pub fn new(settings: &Settings) -> Self {
-        Self {
-            configured: settings.agent_addr(),
-            peer: None,
-            allowed: settings.allowed_ips(),
-        }
+        Self { configured: settings.agent_addr(), peer: None, allowed: settings.allowed_ips() }
     }
 }
 
@@ -49,10 +45,7 @@ impl Dispatcher {
         if !self.agent.allowed.contains(&ip) {
             self.metrics.udp_rejected_source += 1;
             if self.metrics.udp_rejected_source.is_power_of_two() {
-                log::warn!(
-                    "dropping datagram from {} (not an allowed agent address)",
-                    dg.from
-                );
+                log::warn!("dropping datagram from {} (not an allowed agent address)", dg.from);
             }
             return;
         }
@@ -123,10 +116,7 @@ impl Dispatcher {
                 };
                 let enabled = c.heartbeat.as_deref() == Some("enabled");
                 if enabled != self.host_reporting {
-                    log::info!(
-                        "host level reporting {}",
-                        if enabled { "enabled" } else { "disabled" }
-                    );
+                    log::info!("host level reporting {}", if enabled { "enabled" } else { "disabled" });
                     self.host_reporting = enabled;
                     self.persist(now);
                 }
@@ -135,18 +125,13 @@ impl Dispatcher {
                 let Some(c) = parse::<ActionCmd>(payload, code) else {
                     return;
                 };
-                let ntype = if code == cmd::VOTE_INST {
-                    NotificationType::Revocable
-                } else {
-                    NotificationType::Irrevocable
-                };
+                let ntype =
+                    if code == cmd::VOTE_INST { NotificationType::Revocable } else { NotificationType::Irrevocable };
                 let event = EventType::parse(c.event.as_deref().unwrap_or(""));
                 match c.uuid.as_ref().and_then(|u| self.by_uuid.get(u)) {
                     Some(&id) => {
                         self.metrics.actions += 1;
-                        self.with_instance(id, now, |inst, ctx, out| {
-                            inst.start_action(ntype, event, ctx, out)
-                        });
+                        self.with_instance(id, now, |inst, ctx, out| inst.start_action(ntype, event, ctx, out));
                     }
                     None => log::warn!("{} for unknown instance {:?}", ntype, c.uuid),
                 }
@@ -164,9 +149,7 @@ impl Dispatcher {
             self.agent.configured = self.settings.agent_addr();
             self.agent.allowed = self.settings.allowed_ips();
         }
-        if let Ok(json) = to_json(&Ready {
-            hostname: self.settings.hostname.clone(),
-        }) {
+        if let Ok(json) = to_json(&Ready { hostname: self.settings.hostname.clone() }) {
             self.send_envelope(cmd::MONITOR_READY, json);
         }
         self.arm_global(TimerKey::Ready, now + READY_RETRY);
@@ -182,23 +165,11 @@ impl Dispatcher {
         let (code, json) = match &event {
             AgentEvent::Running => (cmd::HEARTBEAT_RUNNING, to_json(&inst.info(host, None))),
             AgentEvent::Stopped => (cmd::HEARTBEAT_STOPPED, to_json(&inst.info(host, None))),
-            AgentEvent::IllHealth { action } => (
-                cmd::HEARTBEAT_ILLHEALTH,
-                to_json(&inst.info(host, Some(action))),
-            ),
-            AgentEvent::Loss => (
-                cmd::HEARTBEAT_LOSS,
-                to_json(&Loss {
-                    hostname: host.clone(),
-                    uuid: inst.uuid.clone(),
-                }),
-            ),
-            AgentEvent::VoteNotify {
-                notification_type,
-                event_type,
-                vote,
-                reason,
-            } => (
+            AgentEvent::IllHealth { action } => (cmd::HEARTBEAT_ILLHEALTH, to_json(&inst.info(host, Some(action)))),
+            AgentEvent::Loss => {
+                (cmd::HEARTBEAT_LOSS, to_json(&Loss { hostname: host.clone(), uuid: inst.uuid.clone() }))
+            }
+            AgentEvent::VoteNotify { notification_type, event_type, vote, reason } => (
                 cmd::VOTE_NOTIFY,
                 to_json(&VoteNotify {
                     hostname: host.clone(),
@@ -296,13 +267,7 @@ mod tests {
 
     #[test]
     fn mapped_addresses_are_canonical() {
-        assert_eq!(
-            canonical("::ffff:10.0.0.1".parse().unwrap()),
-            "10.0.0.1".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(
-            canonical("::1".parse().unwrap()),
-            "::1".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(canonical("::ffff:10.0.0.1".parse().unwrap()), "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(canonical("::1".parse().unwrap()), "::1".parse::<IpAddr>().unwrap());
     }
 }

@@ -103,10 +103,7 @@ pub struct Settings {
 }
 
 fn flag_err(flag: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::BadFlag {
-        flag: flag.to_string(),
-        reason: reason.into(),
-    }
+    ConfigError::BadFlag { flag: flag.to_string(), reason: reason.into() }
 }
 
 impl Flags {
@@ -120,10 +117,7 @@ impl Flags {
                 _ => (arg.clone(), None),
             };
             let mut value = |flag: &str| -> Result<String, ConfigError> {
-                inline
-                    .clone()
-                    .or_else(|| args.next())
-                    .ok_or_else(|| flag_err(flag, "needs a value"))
+                inline.clone().or_else(|| args.next()).ok_or_else(|| flag_err(flag, "needs a value"))
             };
             match name.as_str() {
                 "-f" | "--foreground" => f.foreground = true,
@@ -154,10 +148,7 @@ pub fn load_ini(flags: &Flags) -> Result<Ini, ConfigError> {
     match &flags.config {
         Some(path) => Ini::load(path),
         None if Path::new(DEFAULT_CONFIG).exists() => Ini::load(Path::new(DEFAULT_CONFIG)),
-        None => Ok(Ini {
-            source: "(built-in defaults)".to_string(),
-            entries: Vec::new(),
-        }),
+        None => Ok(Ini { source: "(built-in defaults)".to_string(), entries: Vec::new() }),
     }
 }
 
@@ -166,83 +157,41 @@ impl Settings {
     pub fn resolve(flags: &Flags, ini: &Ini) -> Result<Self, ConfigError> {
         let s = "server";
         let text = |flag: &Option<String>, key: &str, default: &str| -> String {
-            flag.clone()
-                .or_else(|| ini.get(s, key).map(|e| e.value.clone()))
-                .unwrap_or_else(|| default.to_string())
+            flag.clone().or_else(|| ini.get(s, key).map(|e| e.value.clone())).unwrap_or_else(|| default.to_string())
         };
         let agent_port: u16 = ini.num("agent", "rx_port", 1, 65535)?.unwrap_or(2401);
         let client_port: u16 = ini.num("client", "rx_port", 1, 65535)?.unwrap_or(2411);
         let hb = HbConfig {
-            pulse_period_ms: ini
-                .num("client", "hbs_pulse_period", 0, 3_600_000)?
-                .unwrap_or(400),
-            max_interval_ms: ini
-                .num("client", "hbs_max_interval", 1, 3_600_000)?
-                .unwrap_or(60_000),
-            failure_threshold: ini
-                .num("client", "hbs_failure_threshold", 0, 1000)?
-                .unwrap_or(1),
+            pulse_period_ms: ini.num("client", "hbs_pulse_period", 0, 3_600_000)?.unwrap_or(400),
+            max_interval_ms: ini.num("client", "hbs_max_interval", 1, 3_600_000)?.unwrap_or(60_000),
+            failure_threshold: ini.num("client", "hbs_failure_threshold", 0, 1000)?.unwrap_or(1),
         };
         let limits = ReaderLimits {
-            max_line: ini
-                .num("limits", "max_line", 1100, 1 << 20)?
-                .unwrap_or(4096),
-            max_msgs_per_sec: ini
-                .num("limits", "max_msgs_per_sec", 0, 1_000_000)?
-                .unwrap_or(100),
-            max_bytes_per_sec: ini
-                .num("limits", "max_bytes_per_sec", 0, 1 << 30)?
-                .unwrap_or(65_536),
+            max_line: ini.num("limits", "max_line", 1100, 1 << 20)?.unwrap_or(4096),
+            max_msgs_per_sec: ini.num("limits", "max_msgs_per_sec", 0, 1_000_000)?.unwrap_or(100),
+            max_bytes_per_sec: ini.num("limits", "max_bytes_per_sec", 0, 1 << 30)?.unwrap_or(65_536),
         };
-        let max_instances = ini
-            .num("limits", "max_instances", 1, 1_000_000)?
-            .unwrap_or(10_000);
+        let max_instances = ini.num("limits", "max_instances", 1, 1_000_000)?.unwrap_or(10_000);
 
         let listen_text = text(&flags.listen, "listen", &format!("0.0.0.0:{client_port}"));
-        let listen = parse_addr(&listen_text)
-            .map_err(|r| bad(flags.listen.is_some(), ini, "listen", "--listen", r))?;
+        let listen = parse_addr(&listen_text).map_err(|r| bad(flags.listen.is_some(), ini, "listen", "--listen", r))?;
         let agent = text(&flags.agent, "agent", &format!("controller:{agent_port}"));
-        if agent
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse::<u16>().ok())
-            .is_none()
-        {
-            return Err(bad(
-                flags.agent.is_some(),
-                ini,
-                "agent",
-                "--agent",
-                "expected HOST:PORT".into(),
-            ));
+        if agent.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            return Err(bad(flags.agent.is_some(), ini, "agent", "--agent", "expected HOST:PORT".into()));
         }
         let http_text = text(&flags.http, "http", "");
         let http = if http_text.is_empty() || http_text == "off" {
             None
         } else {
-            Some(
-                parse_addr(&http_text)
-                    .map_err(|r| bad(flags.http.is_some(), ini, "http", "--http", r))?,
-            )
+            Some(parse_addr(&http_text).map_err(|r| bad(flags.http.is_some(), ini, "http", "--http", r))?)
         };
         let level_text = text(&flags.log_level, "log_level", "info");
-        let log_level = parse_level(&level_text).map_err(|r| {
-            bad(
-                flags.log_level.is_some(),
-                ini,
-                "log_level",
-                "--log-level",
-                r,
-            )
-        })?;
+        let log_level =
+            parse_level(&level_text).map_err(|r| bad(flags.log_level.is_some(), ini, "log_level", "--log-level", r))?;
         let mut agent_allow = flags.agent_allow.clone();
         if agent_allow.is_empty() {
             if let Some(e) = ini.get(s, "agent_allow") {
-                agent_allow = e
-                    .value
-                    .split(',')
-                    .map(|v| v.trim().to_string())
-                    .filter(|v| !v.is_empty())
-                    .collect();
+                agent_allow = e.value.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect();
             }
         }
         let hostname = flags
@@ -254,17 +203,9 @@ impl Settings {
         Ok(Settings {
             foreground: flags.foreground,
             config: flags.config.clone(),
-            channel_dir: PathBuf::from(text(
-                &flags.channel_dir,
-                "channel_dir",
-                "/var/lib/libvirt/qemu",
-            )),
+            channel_dir: PathBuf::from(text(&flags.channel_dir, "channel_dir", "/var/lib/libvirt/qemu")),
             pidfile: PathBuf::from(text(&flags.pidfile, "pidfile", "/var/run/guestServer.pid")),
-            health_file: PathBuf::from(text(
-                &flags.health_file,
-                "health_file",
-                "/var/run/guestServer.info",
-            )),
+            health_file: PathBuf::from(text(&flags.health_file, "health_file", "/var/run/guestServer.info")),
             state_dir: PathBuf::from(text(&flags.state_dir, "state_dir", "/var/lib/guestServer")),
             hostname,
             listen,
@@ -288,16 +229,9 @@ impl Settings {
     /// Addresses allowed to send commands: the configured list, or the agent
     /// host's addresses; loopback always.
     pub fn allowed_ips(&self) -> Vec<IpAddr> {
-        let mut ips: Vec<IpAddr> = vec![
-            IpAddr::from([127, 0, 0, 1]),
-            IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
-        ];
+        let mut ips: Vec<IpAddr> = vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])];
         let names: Vec<String> = if self.agent_allow.is_empty() {
-            vec![self
-                .agent
-                .rsplit_once(':')
-                .map(|(h, _)| h.to_string())
-                .unwrap_or_default()]
+            vec![self.agent.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_default()]
         } else {
             self.agent_allow.clone()
         };
@@ -316,8 +250,7 @@ impl Settings {
 }
 
 fn parse_addr(text: &str) -> Result<SocketAddr, String> {
-    text.parse::<SocketAddr>()
-        .map_err(|_| format!("{text:?} is not ADDR:PORT (e.g. 127.0.0.1:2411 or [::1]:2411)"))
+    text.parse::<SocketAddr>().map_err(|_| format!("{text:?} is not ADDR:PORT (e.g. 127.0.0.1:2411 or [::1]:2411)"))
 }
 
 /// The error for a bad value that came from the flag or from the ini key.
@@ -357,14 +290,7 @@ mod tests {
         assert_eq!(s.channel_dir, PathBuf::from("/var/lib/libvirt/qemu"));
         assert_eq!(s.listen, "0.0.0.0:2411".parse().unwrap());
         assert_eq!(s.agent, "controller:2401");
-        assert_eq!(
-            s.hb,
-            HbConfig {
-                pulse_period_ms: 400,
-                max_interval_ms: 60_000,
-                failure_threshold: 1
-            }
-        );
+        assert_eq!(s.hb, HbConfig { pulse_period_ms: 400, max_interval_ms: 60_000, failure_threshold: 1 });
         assert_eq!(s.http, None);
         assert_eq!(s.limits.max_line, 4096);
     }
@@ -386,15 +312,9 @@ mod tests {
     #[test]
     fn bad_values_name_their_source() {
         let err = resolve(&[], "[client]\nhbs_pulse_period = fast\n").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "t.ini:2: [client] hbs_pulse_period = \"fast\": not a whole number"
-        );
+        assert_eq!(err.to_string(), "t.ini:2: [client] hbs_pulse_period = \"fast\": not a whole number");
         let err = resolve(&[], "[server]\nlisten = nowhere\n").unwrap_err();
-        assert!(
-            err.to_string().starts_with("t.ini:2: [server] listen"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("t.ini:2: [server] listen"), "{err}");
         let err = resolve(&["--listen", "nowhere"], "").unwrap_err();
         assert!(err.to_string().starts_with("--listen: "), "{err}");
         let err = resolve(&["--bogus"], "").unwrap_err();

@@ -53,10 +53,7 @@ mod tests {
 
     #[test]
     fn accepts_only_the_cgcs_form_with_a_36_character_id() {
-        assert_eq!(
-            channel_uuid(&format!("cgcs.heartbeat.{UUID}.sock")),
-            Some(UUID)
-        );
+        assert_eq!(channel_uuid(&format!("cgcs.heartbeat.{UUID}.sock")), Some(UUID));
         assert_eq!(channel_uuid(&channel_name(UUID)), Some(UUID));
         for bad in [
             format!("cgcs.heartbeat.{UUID}.sock.swp"),

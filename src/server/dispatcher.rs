@@ -183,10 +183,7 @@ impl Dispatcher {
                     ExitReason::Error(e) => e.clone(),
                     ExitReason::Panicked(p) => format!("panicked: {p}"),
                 };
-                log::error!(
-                    "thread {} exited ({reason}); stopping so supervision restarts us",
-                    exit.name
-                );
+                log::error!("thread {} exited ({reason}); stopping so supervision restarts us", exit.name);
                 return Some(Exit::ThreadDied(exit.name));
             }
         }
@@ -214,23 +211,14 @@ impl Dispatcher {
                 }
             }
             WatchMsg::Overflow => {
-                log::warn!(
-                    "inotify queue overflow: rescanning {}",
-                    self.settings.channel_dir.display()
-                );
+                log::warn!("inotify queue overflow: rescanning {}", self.settings.channel_dir.display());
                 self.rescan(now, false);
             }
             WatchMsg::DirGone => {
-                log::warn!(
-                    "channel directory {} is gone; waiting for it",
-                    self.settings.channel_dir.display()
-                );
+                log::warn!("channel directory {} is gone; waiting for it", self.settings.channel_dir.display());
             }
             WatchMsg::DirBack => {
-                log::info!(
-                    "channel directory {} is back: rescanning",
-                    self.settings.channel_dir.display()
-                );
+                log::info!("channel directory {} is back: rescanning", self.settings.channel_dir.display());
                 self.rescan(now, false);
             }
         }
@@ -255,19 +243,11 @@ impl Dispatcher {
             }
             ConnMsg::TooLong { len } => {
                 self.metrics.guest_too_long += 1;
-                self.guest_warn(
-                    id,
-                    now,
-                    &format!("discarding a line longer than {len} bytes"),
-                );
+                self.guest_warn(id, now, &format!("discarding a line longer than {len} bytes"));
             }
             ConnMsg::RateLimited { dropped_lines } => {
                 self.metrics.guest_rate_limited += dropped_lines;
-                self.guest_warn(
-                    id,
-                    now,
-                    &format!("rate limit: dropped {dropped_lines} lines"),
-                );
+                self.guest_warn(id, now, &format!("rate limit: dropped {dropped_lines} lines"));
             }
             ConnMsg::Closed(reason) => {
                 self.by_conn.remove(&conn);
@@ -289,9 +269,7 @@ impl Dispatcher {
             }
             libc::SIGHUP => self.reload(),
             libc::SIGUSR1 => {
-                if let Err(e) =
-                    crate::daemon::write_health_file(&self.settings.health_file, "guestServer")
-                {
+                if let Err(e) = crate::daemon::write_health_file(&self.settings.health_file, "guestServer") {
                     log::warn!("cannot write {}: {e}", self.settings.health_file.display());
                 }
             }
@@ -302,12 +280,8 @@ impl Dispatcher {
     }
 
     fn reload(&mut self) {
-        let flags = super::config::Flags {
-            config: self.settings.config.clone(),
-            ..Default::default()
-        };
-        let result =
-            super::config::load_ini(&flags).and_then(|ini| Settings::resolve(&flags, &ini));
+        let flags = super::config::Flags { config: self.settings.config.clone(), ..Default::default() };
+        let result = super::config::load_ini(&flags).and_then(|ini| Settings::resolve(&flags, &ini));
         match result {
             Ok(new) => {
                 self.hb = new.hb;

@@ -10,9 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use gh_threads::ratelimit::{LogDecision, LogLimiter};
-use gh_threads::reader::{
-    connect_unix, spawn_reader, ChannelWriter, ReaderHandle, ReaderMsg, WriteError,
-};
+use gh_threads::reader::{connect_unix, spawn_reader, ChannelWriter, ReaderHandle, ReaderMsg, WriteError};
 use gh_threads::wheel::TimerId;
 
 use super::discovery::{channel_path, channel_uuid, scan};
@@ -48,12 +46,7 @@ pub struct Slot {
 
 impl Slot {
     fn new(inst: Instance) -> Self {
-        Self {
-            inst,
-            conn: None,
-            timers: HashMap::new(),
-            log: LogLimiter::new(LOG_BURST, LOG_WINDOW),
-        }
+        Self { inst, conn: None, timers: HashMap::new(), log: LogLimiter::new(LOG_BURST, LOG_WINDOW) }
     }
 }
 
@@ -70,12 +63,7 @@ impl Dispatcher {
             let Some(slot) = self.slots.get_mut(&id) else {
                 return;
             };
-            let mut ctx = Ctx {
-                now,
-                host_reporting: self.host_reporting,
-                cfg: &self.hb,
-                rng: &mut self.rng,
-            };
+            let mut ctx = Ctx { now, host_reporting: self.host_reporting, cfg: &self.hb, rng: &mut self.rng };
             f(&mut slot.inst, &mut ctx, &mut out);
         }
         self.apply(id, out, now);
@@ -101,8 +89,7 @@ impl Dispatcher {
                     slot.timers.insert(kind, tid);
                 }
                 Effect::Cancel(kind) => {
-                    if let Some(old) = self.slots.get_mut(&id).and_then(|s| s.timers.remove(&kind))
-                    {
+                    if let Some(old) = self.slots.get_mut(&id).and_then(|s| s.timers.remove(&kind)) {
                         self.wheel.cancel(old);
                     }
                 }
@@ -115,13 +102,7 @@ impl Dispatcher {
         }
     }
 
-    fn write_guest(
-        &mut self,
-        id: u64,
-        msg: &crate::wire::guest::HostMsg,
-        now: Instant,
-        more: &mut Vec<Effect>,
-    ) {
+    fn write_guest(&mut self, id: u64, msg: &crate::wire::guest::HostMsg, now: Instant, more: &mut Vec<Effect>) {
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
@@ -136,12 +117,7 @@ impl Dispatcher {
             Ok(()) => self.metrics.guest_sent += 1,
             Err(WriteError::Closed) => {
                 self.metrics.channel_closed += 1;
-                let mut ctx = Ctx {
-                    now,
-                    host_reporting: self.host_reporting,
-                    cfg: &self.hb,
-                    rng: &mut self.rng,
-                };
+                let mut ctx = Ctx { now, host_reporting: self.host_reporting, cfg: &self.hb, rng: &mut self.rng };
                 if let Some(c) = slot.conn.take() {
                     self.by_conn.remove(&c.id);
                     c.writer.shutdown();
@@ -173,9 +149,7 @@ impl Dispatcher {
                         msg: match m {
                             ReaderMsg::Line(line) => ConnMsg::Guest(decode_guest(&line)),
                             ReaderMsg::TooLong { len } => ConnMsg::TooLong { len },
-                            ReaderMsg::RateLimited { dropped_lines } => {
-                                ConnMsg::RateLimited { dropped_lines }
-                            }
+                            ReaderMsg::RateLimited { dropped_lines } => ConnMsg::RateLimited { dropped_lines },
                             ReaderMsg::Closed(r) => ConnMsg::Closed(r),
                         },
                     };
@@ -183,12 +157,8 @@ impl Dispatcher {
                     match spawn_reader(name, reader_end, self.settings.limits, tx, map) {
                         Ok(handle) => {
                             self.next_id += 1;
-                            slot.conn = Some(Conn {
-                                id: conn_id,
-                                writer: ChannelWriter::new(stream),
-                                seq: 0,
-                                _reader: handle,
-                            });
+                            slot.conn =
+                                Some(Conn { id: conn_id, writer: ChannelWriter::new(stream), seq: 0, _reader: handle });
                             self.by_conn.insert(conn_id, id);
                             self.metrics.connects += 1;
                             log::info!("{} connected to {}", slot.inst.tag(), path.display());
@@ -211,12 +181,7 @@ impl Dispatcher {
                 ConnectOutcome::Failed
             }
         };
-        let mut ctx = Ctx {
-            now,
-            host_reporting: self.host_reporting,
-            cfg: &self.hb,
-            rng: &mut self.rng,
-        };
+        let mut ctx = Ctx { now, host_reporting: self.host_reporting, cfg: &self.hb, rng: &mut self.rng };
         slot.inst.on_connect(outcome, &mut ctx, more);
     }
 
@@ -236,10 +201,7 @@ impl Dispatcher {
         match slot.log.allow(now) {
             LogDecision::Allow { suppressed_before } => {
                 if suppressed_before > 0 {
-                    log::warn!(
-                        "{} ({suppressed_before} similar messages suppressed)",
-                        slot.inst.tag()
-                    );
+                    log::warn!("{} ({suppressed_before} similar messages suppressed)", slot.inst.tag());
                 }
                 log::warn!("{} {text}", slot.inst.tag());
             }
@@ -258,10 +220,7 @@ impl Dispatcher {
             return None;
         }
         if self.slots.len() >= self.settings.max_instances {
-            log::error!(
-                "cannot add {uuid}: max_instances ({}) reached",
-                self.settings.max_instances
-            );
+            log::error!("cannot add {uuid}: max_instances ({}) reached", self.settings.max_instances);
             return None;
         }
         let id = self.next_id;
@@ -356,18 +315,11 @@ impl Dispatcher {
             }
             self.apply(id, out, now);
         }
-        log::info!(
-            "restored {} instances, host reporting {}",
-            self.slots.len(),
-            self.host_reporting
-        );
+        log::info!("restored {} instances, host reporting {}", self.slots.len(), self.host_reporting);
     }
 
     fn hb_deadline_margin(&self) -> Duration {
-        Duration::from_millis(
-            u64::from(self.hb.max_interval_ms.min(10_000))
-                * u64::from(self.hb.failure_threshold + 1),
-        )
+        Duration::from_millis(u64::from(self.hb.max_interval_ms.min(10_000)) * u64::from(self.hb.failure_threshold + 1))
     }
 
     /// After the start-up scan: restored instances without a socket file.
@@ -405,10 +357,6 @@ impl Dispatcher {
             })
             .collect();
         instances.sort_by(|a, b| a.uuid.cmp(&b.uuid));
-        Saved {
-            format: FORMAT,
-            host_reporting: self.host_reporting,
-            instances,
-        }
+        Saved { format: FORMAT, host_reporting: self.host_reporting, instances }
     }
 }

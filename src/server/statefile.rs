@@ -47,12 +47,9 @@ pub fn path(dir: &Path) -> PathBuf {
 pub fn load(dir: &Path) -> Result<Option<Saved>, String> {
     let p = path(dir);
     match std::fs::read(&p) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            format!(
-                "{}: unreadable state file ({e}); starting without it",
-                p.display()
-            )
-        }),
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| format!("{}: unreadable state file ({e}); starting without it", p.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("{}: {e}", p.display())),
     }
@@ -91,8 +88,7 @@ pub fn spawn_saver<E: Send + 'static>(
 ) -> std::io::Result<Saver> {
     let (tx, rx): (Sender<Vec<u8>>, Receiver<Vec<u8>>) = crossbeam_channel::unbounded();
     let thread = spawn_named("state-saver", None, exit_tx, on_exit, move || {
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let target = path(&dir);
         while let Ok(mut bytes) = rx.recv() {
             // Only the newest snapshot matters.
@@ -105,10 +101,7 @@ pub fn spawn_saver<E: Send + 'static>(
         }
         Ok(())
     })?;
-    Ok(Saver {
-        tx: Some(tx),
-        thread: Some(thread),
-    })
+    Ok(Saver { tx: Some(tx), thread: Some(thread) })
 }
 
 #[cfg(test)]

@@ -71,11 +71,7 @@ struct Failure<'a> {
 }
 
 fn fail(code: u16, reason: &str) -> Response {
-    Response::json(&Failure {
-        status: "fail",
-        reason,
-    })
-    .with_status_code(code)
+    Response::json(&Failure { status: "fail", reason }).with_status_code(code)
 }
 
 /// The rouille handler: thin, no state.
@@ -89,26 +85,19 @@ pub fn handler(tx: Sender<Event>) -> impl Fn(&Request) -> Response + Send + Sync
             "/metrics" => StatusRequest::Metrics,
             "/v1/instances" | "" => StatusRequest::Instances,
             path => match path.strip_prefix("/v1/instances/") {
-                Some(id) if !id.is_empty() && !id.contains('/') => {
-                    StatusRequest::Instance(id.to_string())
-                }
+                Some(id) if !id.is_empty() && !id.contains('/') => StatusRequest::Instance(id.to_string()),
                 _ => return fail(404, "no such resource"),
             },
         };
         let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
-        if tx
-            .send_timeout(Event::Status(query, reply_tx), REPLY_TIMEOUT)
-            .is_err()
-        {
+        if tx.send_timeout(Event::Status(query, reply_tx), REPLY_TIMEOUT).is_err() {
             return fail(503, "daemon busy");
         }
         match reply_rx.recv_timeout(REPLY_TIMEOUT) {
             Ok(StatusReply::Doc(doc)) => Response::json(&*doc),
             Ok(StatusReply::One(one)) => Response::json(&*one),
             Ok(StatusReply::NotFound) => fail(404, "unknown instance"),
-            Ok(StatusReply::Metrics(text)) => {
-                Response::from_data("text/plain; version=0.0.4", text)
-            }
+            Ok(StatusReply::Metrics(text)) => Response::from_data("text/plain; version=0.0.4", text),
             Err(_) => fail(503, "daemon busy"),
         }
     }
@@ -135,27 +124,20 @@ impl Dispatcher {
                 StatusReply::Metrics(self.metrics.render(&g))
             }
             StatusRequest::Instances => {
-                let mut instances: Vec<InstanceStatus> =
-                    self.slots.values().map(|s| self.one(s)).collect();
+                let mut instances: Vec<InstanceStatus> = self.slots.values().map(|s| self.one(s)).collect();
                 instances.sort_by(|a, b| a.uuid.cmp(&b.uuid));
                 StatusReply::Doc(Box::new(StatusDoc {
                     hostname: self.settings.hostname.clone(),
                     host_reporting: self.host_reporting,
-                    agent: self
-                        .agent
-                        .peer
-                        .or(self.agent.configured)
-                        .map(|a| a.to_string()),
+                    agent: self.agent.peer.or(self.agent.configured).map(|a| a.to_string()),
                     uptime_secs,
                     instances,
                 }))
             }
-            StatusRequest::Instance(uuid) => {
-                match self.by_uuid.get(&uuid).and_then(|id| self.slots.get(id)) {
-                    Some(s) => StatusReply::One(Box::new(self.one(s))),
-                    None => StatusReply::NotFound,
-                }
-            }
+            StatusRequest::Instance(uuid) => match self.by_uuid.get(&uuid).and_then(|id| self.slots.get(id)) {
+                Some(s) => StatusReply::One(Box::new(self.one(s))),
+                None => StatusReply::NotFound,
+            },
         }
     }
 
@@ -174,10 +156,7 @@ impl Dispatcher {
             heartbeat_interval_ms: i.params.heartbeat_interval_ms,
             corrective_action: i.params.corrective_action.clone(),
             losses_reported: i.failures,
-            vote_pending: i
-                .vote
-                .as_ref()
-                .map(|v| format!("{} {}", v.notification_type, v.event)),
+            vote_pending: i.vote.as_ref().map(|v| format!("{} {}", v.notification_type, v.event)),
         }
     }
 }
