@@ -247,8 +247,10 @@ impl Instance {
     pub fn start_connect(&mut self, out: &mut Vec<Effect>) {
         if self.link == Link::Up {
             out.push(Effect::Close);
+            self.channel_down(out);
         }
-        self.channel_down(out);
+        // A restored instance keeps its `heartbeating` until the guest
+        // re-inits or the readopt deadline passes.
         self.backoff_secs = 1;
         out.push(Effect::Cancel(TimerKind::Connect));
         out.push(Effect::Connect);

@@ -240,10 +240,14 @@ impl Dispatcher {
         let Some((id, _)) = self.find_or_create(uuid, now) else {
             return;
         };
-        if let Some(slot) = self.slots.get_mut(&id) {
-            slot.inst.chan = Some(name.to_string());
-            log::info!("{} channel {name} added", slot.inst.tag());
+        let Some(slot) = self.slots.get_mut(&id) else { return };
+        slot.inst.chan = Some(name.to_string());
+        if slot.conn.is_some() {
+            // Already connected (e.g. the agent provisioned it first): a
+            // replaced socket would have closed that connection, so keep it.
+            return;
         }
+        log::info!("{} channel {name} added", slot.inst.tag());
         self.with_instance(id, now, |inst, _, out| inst.start_connect(out));
     }
 
@@ -299,7 +303,6 @@ impl Dispatcher {
     /// Restores instances from the state file, before the first scan.
     pub fn restore(&mut self, saved: Saved, now: Instant) {
         self.host_reporting = saved.host_reporting;
-        let deadline = now + READOPT_GRACE + self.hb_deadline_margin();
         for s in saved.instances {
             let Some((id, _)) = self.find_or_create(&s.uuid, now) else {
                 continue;
@@ -311,15 +314,15 @@ impl Dispatcher {
                 inst.reporting = s.reporting;
                 inst.heartbeating = s.heartbeating;
                 inst.params = s.params;
+                // The guest re-inits on channel-up; allow one init retry and
+                // the loss deadline of its own interval.
+                let misses = self.hb.failure_threshold.saturating_add(1);
+                let deadline = now + READOPT_GRACE + inst.interval() * misses;
                 inst.restored(deadline, &mut out);
             }
             self.apply(id, out, now);
         }
         log::info!("restored {} instances, host reporting {}", self.slots.len(), self.host_reporting);
-    }
-
-    fn hb_deadline_margin(&self) -> Duration {
-        Duration::from_millis(u64::from(self.hb.max_interval_ms.min(10_000)) * u64::from(self.hb.failure_threshold + 1))
     }
 
     /// After the start-up scan: restored instances without a socket file.
