@@ -1,6 +1,6 @@
-//! guest-heartbeat: the domain crate. Wire types (`wire`), the guestServer
-//! domain (`server`), and the binaries under `src/bin/`.
+//! guest-heartbeat: the domain crate. Wire types (`wire`), the guest-client
+//! domain (`guest`), the guest simulator (`sim`), and the binaries under
+//! `src/bin/`.
 
-pub mod daemon;
-pub mod ini;
+pub mod guest;
 pub mod wire;

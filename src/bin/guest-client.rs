@@ -1,0 +1,2 @@
+//! guest-client binary (being written).
+fn main() {}

@@ -1,0 +1,2 @@
+//! guest-sim binary (being written).
+fn main() {}
