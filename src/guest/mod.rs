@@ -6,6 +6,7 @@
 //! owns all state (`dispatcher`).
 
 pub mod api_wire;
+pub mod apps;
 pub mod config;
 pub mod fsm;
 pub mod health;
