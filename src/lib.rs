@@ -1,6 +1,10 @@
-//! guest-heartbeat: the domain crate. Wire types (`wire`), the guest-client
-//! domain (`guest`), the guest simulator (`sim`), and the binaries under
-//! `src/bin/`.
+//! guest-heartbeat: the domain crate. Wire types (`wire`), the guestServer
+//! domain (`server`), the guest-client domain (`guest`), the guest simulator
+//! (`sim`), process plumbing (`daemon`), and the binaries under `src/bin/`.
 
+pub mod daemon;
 pub mod guest;
+pub mod ini;
+pub mod rng;
+pub mod server;
 pub mod wire;
