@@ -5,10 +5,17 @@
 //! (`channel`, `script`, `api_server`, `signals`) and the dispatcher that
 //! owns all state (`dispatcher`).
 
+pub mod api;
+pub mod api_server;
 pub mod api_wire;
 pub mod apps;
+pub mod channel;
 pub mod config;
+pub mod dispatcher;
+mod dispatcher_action;
+pub mod events;
 pub mod fsm;
 pub mod health;
 pub mod rng;
+pub mod script;
 pub mod vote;

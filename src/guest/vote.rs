@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::script::ScriptRun;
 use crate::wire::guest::{ActionNotify, ActionResponse};
 use crate::wire::vocab::VoteResult;
 
@@ -41,7 +42,7 @@ pub struct PendingAction {
     pub notify: ActionNotify,
     pub deadline: Instant,
     /// The event-script run we wait for, if any.
-    pub script_run: Option<u64>,
+    pub script_run: Option<ScriptRun>,
     /// True while the apps have not produced their aggregate.
     pub apps_waiting: bool,
     vote: VoteResult,
@@ -158,7 +159,7 @@ mod tests {
     #[test]
     fn script_exit_codes_and_error_fix() {
         let mut p = PendingAction::new(notify(4000), Instant::now());
-        p.script_run = Some(1);
+        p.script_run = Some(ScriptRun { run: 1, pid: 0 });
         assert!(!p.is_done());
         p.script_done(Some(2), "oops".into());
         assert!(p.is_done());

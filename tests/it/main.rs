@@ -1,1 +1,7 @@
-//! Integration tests: one binary, one module per program.
+//! Integration tests, compiled as one binary: each module runs a real
+//! program (`CARGO_BIN_EXE_*`) in its own temporary directory. unwrap is
+//! fine in tests (house rule 10), helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod guest_client;
+mod util;
