@@ -7,4 +7,5 @@ pub mod guest;
 pub mod ini;
 pub mod rng;
 pub mod server;
+pub mod sim;
 pub mod wire;

@@ -4,4 +4,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod guest_client;
+mod guest_sim;
 mod util;
