@@ -339,3 +339,39 @@ fn exit_codes() {
         .unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("--listen"));
 }
+
+#[test]
+fn health_script_unhealthy_then_none_with_escaped_text() {
+    let dir = TempDir::new("gc-health");
+    script(
+        &dir.path("health.sh"),
+        "echo 'bad \"q\" \\\\'; echo line2; exit 1",
+    );
+    let conf = format!(
+        "{CONF}HEALTH_CHECK_INTERVAL=1\nHEALTH_CHECK_SCRIPT={}\n",
+        dir.path("health.sh").display()
+    );
+    let listener = UnixListener::bind(dir.path("host.sock")).unwrap();
+    let _proc = Proc::spawn(&mut client(&dir, &conf));
+    let mut host = accept(&listener);
+    let id = host.expect("init", init_of);
+    heartbeat(&mut host, id, 1);
+    let mut actions = Vec::new();
+    let mut v = 2;
+    wait_until("two unhealthy responses", || {
+        v += 1;
+        host.send(HostMsg::Challenge(Challenge {
+            heartbeat_challenge: v,
+        }));
+        let r = host.expect("challenge_response", |m| match m {
+            GuestMsg::ChallengeResponse(r) => Some(r.clone()),
+            _ => None,
+        });
+        if r.heartbeat_health == "unhealthy" {
+            assert_eq!(r.log_msg, "bad \"q\" \\ line2 ");
+            actions.push(r.corrective_action);
+        }
+        actions.len() >= 2
+    });
+    assert_eq!(actions, vec!["reboot".to_string(), "none".to_string()]);
+}
