@@ -62,16 +62,9 @@ enum StartError {
     #[error("channel device {0} not configured")]
     NoDevice(PathBuf),
     #[error("config {path}: {source}")]
-    Config {
-        path: PathBuf,
-        source: config::ConfigError,
-    },
+    Config { path: PathBuf, source: config::ConfigError },
     #[error("{what} {path}: {source}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Fatal(String),
 }
@@ -89,10 +82,7 @@ fn parse_args() -> Result<Option<Args>, StartError> {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let mut value = || {
-            it.next()
-                .ok_or_else(|| StartError::Usage(format!("{flag} needs a value")))
-        };
+        let mut value = || it.next().ok_or_else(|| StartError::Usage(format!("{flag} needs a value")));
         match flag.as_str() {
             "-h" | "--help" => return Ok(None),
             "--device" => a.device = PathBuf::from(value()?),
@@ -104,9 +94,8 @@ fn parse_args() -> Result<Option<Args>, StartError> {
             "--log-level" => a.level = daemon::parse_level(&value()?).map_err(StartError::Usage)?,
             "--fail-delay" => {
                 let v = value()?;
-                let secs = v
-                    .parse::<u64>()
-                    .map_err(|_| StartError::Usage(format!("--fail-delay: bad number {v:?}")))?;
+                let secs =
+                    v.parse::<u64>().map_err(|_| StartError::Usage(format!("--fail-delay: bad number {v:?}")))?;
                 a.fail_delay = Duration::from_secs(secs);
             }
             other => return Err(StartError::Usage(format!("unknown argument {other}"))),
@@ -213,16 +202,11 @@ fn start(args: &Args) -> Result<Ended, StartError> {
                 .map_err(io("cannot open", &args.device))?;
             ChannelMode::Device(f)
         } else {
-            let s =
-                UnixStream::connect(&args.device).map_err(io("cannot connect", &args.device))?;
-            ChannelMode::Connect {
-                stream: s,
-                path: args.device.clone(),
-            }
+            let s = UnixStream::connect(&args.device).map_err(io("cannot connect", &args.device))?;
+            ChannelMode::Connect { stream: s, path: args.device.clone() }
         }
     };
-    let listener =
-        api_server::bind(&args.api_socket).map_err(io("cannot bind", &args.api_socket))?;
+    let listener = api_server::bind(&args.api_socket).map_err(io("cannot bind", &args.api_socket))?;
     let (tx, rx) = crossbeam_channel::unbounded::<Event>();
     let retry = settings.init_retry;
     let state = State::new(settings, &args.name, tx.clone(), Instant::now());
@@ -248,10 +232,7 @@ fn start(args: &Args) -> Result<Ended, StartError> {
 }
 
 fn read_config(args: &Args) -> Result<Settings, StartError> {
-    let cfg_err = |source| StartError::Config {
-        path: args.config.clone(),
-        source,
-    };
+    let cfg_err = |source| StartError::Config { path: args.config.clone(), source };
     let f = std::fs::File::open(&args.config).map_err(|e| cfg_err(e.into()))?;
     let raw = config::parse_reader(f).map_err(cfg_err)?;
     for w in &raw.warnings {

@@ -58,9 +58,7 @@ fn num<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, String> {
 fn parts<'a>(v: &'a str, n: usize, what: &str) -> Result<Vec<&'a str>, String> {
     let p: Vec<&str> = v.split(':').collect();
     if p.len() != n {
-        return Err(format!(
-            "{what}: expected {n} fields separated by ':' in {v:?}"
-        ));
+        return Err(format!("{what}: expected {n} fields separated by ':' in {v:?}"));
     }
     Ok(p)
 }
@@ -85,9 +83,7 @@ fn run() -> Result<(), String> {
             print!("{HELP}");
             return Ok(());
         }
-        let v = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value\n\n{HELP}"))?;
+        let v = it.next().ok_or_else(|| format!("{flag} needs a value\n\n{HELP}"))?;
         match flag.as_str() {
             "--dir" => dir = Some(PathBuf::from(v)),
             "--count" => cfg.count = num(&v, &flag)?,
@@ -100,9 +96,7 @@ fn run() -> Result<(), String> {
             "--silent-at" => {
                 let p = parts(&v, 2, &flag)?;
                 let at = Duration::from_secs_f64(num(p[1], &flag)?);
-                plan(&mut cfg.plans, num(p[0], &flag)?)
-                    .schedule
-                    .push((at, Behaviour::Silent));
+                plan(&mut cfg.plans, num(p[0], &flag)?).schedule.push((at, Behaviour::Silent));
             }
             "--unhealthy" => {
                 let p = parts(&v, 3, &flag)?;
@@ -111,9 +105,7 @@ fn run() -> Result<(), String> {
                 if action == CorrectiveAction::Unknown {
                     return Err(format!("{flag}: unknown action {:?}", p[2]));
                 }
-                plan(&mut cfg.plans, num(p[0], &flag)?)
-                    .schedule
-                    .push((at, Behaviour::Unhealthy(action)));
+                plan(&mut cfg.plans, num(p[0], &flag)?).schedule.push((at, Behaviour::Unhealthy(action)));
             }
             "--slow" => {
                 let p = parts(&v, 2, &flag)?;
@@ -136,8 +128,8 @@ fn run() -> Result<(), String> {
         p.schedule.sort_by_key(|(at, _)| *at);
     }
     // Handlers first, so a signal during start-up is not lost.
-    let signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
-        .map_err(|e| format!("signals: {e}"))?;
+    let signals =
+        signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT]).map_err(|e| format!("signals: {e}"))?;
     let sim = Sim::start(cfg).map_err(|e| e.to_string())?;
     for i in 0..sim.count() {
         eprintln!("{i} {}", sim.uuid(i));
@@ -156,13 +148,11 @@ fn run() -> Result<(), String> {
 fn wait(mut signals: signal_hook::iterator::Signals, duration: Option<Duration>) {
     let (tx, rx) = crossbeam_channel::bounded::<()>(1);
     let handle = signals.handle();
-    let t = std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            if signals.forever().next().is_some() {
-                let _ = tx.send(());
-            }
-        });
+    let t = std::thread::Builder::new().name("signals".into()).spawn(move || {
+        if signals.forever().next().is_some() {
+            let _ = tx.send(());
+        }
+    });
     match duration {
         Some(d) => {
             let _ = rx.recv_timeout(d);

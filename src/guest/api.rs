@@ -42,11 +42,7 @@ pub struct HealthReport {
 
 impl Default for HealthReport {
     fn default() -> Self {
-        HealthReport {
-            healthy: true,
-            action: CorrectiveAction::None,
-            log_msg: String::new(),
-        }
+        HealthReport { healthy: true, action: CorrectiveAction::None, log_msg: String::new() }
     }
 }
 
@@ -75,12 +71,7 @@ impl ApiClient {
             io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ApiError::TryAgain,
             _ => ApiError::Io(e),
         })?;
-        Ok(ApiClient {
-            stream,
-            sequence: 0,
-            reasm: Reassembler::default(),
-            inbox: VecDeque::new(),
-        })
+        Ok(ApiClient { stream, sequence: 0, reasm: Reassembler::default(), inbox: VecDeque::new() })
     }
 
     /// Connects, sends INIT and waits up to `timeout` for the INIT_ACK.
@@ -108,9 +99,7 @@ impl ApiClient {
 
     /// Deregisters (FINAL); the connection stays open.
     pub fn deregister(&mut self, log_msg: &str) -> Result<(), ApiError> {
-        self.send(&ApiMsg::Final {
-            log_msg: log_msg.into(),
-        })
+        self.send(&ApiMsg::Final { log_msg: log_msg.into() })
     }
 
     /// The next message from the daemon, or `None` after `timeout`.
@@ -130,14 +119,7 @@ impl ApiClient {
             let n = match self.stream.read(&mut buf) {
                 Ok(0) => return Err(ApiError::Closed),
                 Ok(n) => n,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Ok(None)
-                }
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return Ok(None),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e.into()),
             };
@@ -151,11 +133,7 @@ impl ApiClient {
 
     /// Waits up to `timeout` for one message and answers it through
     /// `handler`. Returns the message handled, if any.
-    pub fn serve_one(
-        &mut self,
-        handler: &mut impl AppHandler,
-        timeout: Duration,
-    ) -> Result<Option<ApiMsg>, ApiError> {
+    pub fn serve_one(&mut self, handler: &mut impl AppHandler, timeout: Duration) -> Result<Option<ApiMsg>, ApiError> {
         let Some(msg) = self.recv(timeout)? else {
             return Ok(None);
         };
@@ -169,11 +147,7 @@ impl ApiClient {
                     log_msg: h.log_msg,
                 })?;
             }
-            ApiMsg::ActionNotify {
-                invocation_id,
-                event,
-                notify,
-            } => {
+            ApiMsg::ActionNotify { invocation_id, event, notify } => {
                 let (vote, log_msg) = handler.action(*event, *notify);
                 self.send(&ApiMsg::ActionResponse {
                     invocation_id: *invocation_id,

@@ -36,33 +36,12 @@ pub struct AppInit {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiMsg {
     Init(AppInit),
-    InitAck {
-        accepted: bool,
-    },
-    Final {
-        log_msg: String,
-    },
-    Challenge {
-        value: u32,
-    },
-    ChallengeResponse {
-        value: u32,
-        healthy: bool,
-        action: CorrectiveAction,
-        log_msg: String,
-    },
-    ActionNotify {
-        invocation_id: u32,
-        event: EventType,
-        notify: NotificationType,
-    },
-    ActionResponse {
-        invocation_id: u32,
-        event: EventType,
-        notify: NotificationType,
-        vote: VoteResult,
-        log_msg: String,
-    },
+    InitAck { accepted: bool },
+    Final { log_msg: String },
+    Challenge { value: u32 },
+    ChallengeResponse { value: u32, healthy: bool, action: CorrectiveAction, log_msg: String },
+    ActionNotify { invocation_id: u32, event: EventType, notify: NotificationType },
+    ActionResponse { invocation_id: u32, event: EventType, notify: NotificationType, vote: VoteResult, log_msg: String },
 }
 
 fn action_code(a: CorrectiveAction) -> u32 {
@@ -101,17 +80,11 @@ const EVENTS: [EventType; 12] = [
 ];
 
 fn event_code(e: EventType) -> u32 {
-    EVENTS
-        .iter()
-        .position(|x| *x == e)
-        .map_or(0, |i| i as u32 + 1)
+    EVENTS.iter().position(|x| *x == e).map_or(0, |i| i as u32 + 1)
 }
 
 fn event_of(c: u32) -> EventType {
-    (c as usize)
-        .checked_sub(1)
-        .and_then(|i| EVENTS.get(i).copied())
-        .unwrap_or(EventType::Unknown)
+    (c as usize).checked_sub(1).and_then(|i| EVENTS.get(i).copied()).unwrap_or(EventType::Unknown)
 }
 
 fn notify_code(n: NotificationType) -> u32 {
@@ -205,35 +178,20 @@ pub fn encode(sequence: u32, msg: &ApiMsg) -> [u8; FRAME_LEN] {
             w.u32(20, *value);
             3
         }
-        ApiMsg::ChallengeResponse {
-            value,
-            healthy,
-            action,
-            log_msg,
-        } => {
+        ApiMsg::ChallengeResponse { value, healthy, action, log_msg } => {
             w.u32(20, *value);
             w.u32(24, u32::from(*healthy));
             w.u32(28, action_code(*action));
             w.str(32, LOG_LEN, log_msg);
             4
         }
-        ApiMsg::ActionNotify {
-            invocation_id,
-            event,
-            notify,
-        } => {
+        ApiMsg::ActionNotify { invocation_id, event, notify } => {
             w.u32(20, *invocation_id);
             w.u32(24, event_code(*event));
             w.u32(28, notify_code(*notify));
             5
         }
-        ApiMsg::ActionResponse {
-            invocation_id,
-            event,
-            notify,
-            vote,
-            log_msg,
-        } => {
+        ApiMsg::ActionResponse { invocation_id, event, notify, vote, log_msg } => {
             w.u32(20, *invocation_id);
             w.u32(24, event_code(*event));
             w.u32(28, notify_code(*notify));
@@ -261,15 +219,9 @@ fn decode(f: &[u8]) -> Option<ApiMsg> {
             resume_notice_secs: u32_at(f, 76),
             corrective_action: action_of(u32_at(f, 80)),
         }),
-        1 => ApiMsg::InitAck {
-            accepted: u32_at(f, 20) != 0,
-        },
-        2 => ApiMsg::Final {
-            log_msg: str_at(f, 20, LOG_LEN),
-        },
-        3 => ApiMsg::Challenge {
-            value: u32_at(f, 20),
-        },
+        1 => ApiMsg::InitAck { accepted: u32_at(f, 20) != 0 },
+        2 => ApiMsg::Final { log_msg: str_at(f, 20, LOG_LEN) },
+        3 => ApiMsg::Challenge { value: u32_at(f, 20) },
         4 => ApiMsg::ChallengeResponse {
             value: u32_at(f, 20),
             healthy: u32_at(f, 24) != 0,
@@ -385,9 +337,7 @@ mod tests {
                 action: CorrectiveAction::Log,
                 log_msg: "sick".into(),
             },
-            ApiMsg::Final {
-                log_msg: "bye".into(),
-            },
+            ApiMsg::Final { log_msg: "bye".into() },
         ];
         let mut stream = b"junkFDFDA5A5\x09".to_vec(); // wrong version: skipped
         for (i, m) in msgs.iter().enumerate() {

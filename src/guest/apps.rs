@@ -76,10 +76,7 @@ pub struct Apps {
 
 impl Apps {
     pub fn new(rng: Rng) -> Self {
-        Apps {
-            slots: Vec::new(),
-            rng,
-        }
+        Apps { slots: Vec::new(), rng }
     }
 
     /// A new connection. Returns the connections to close: an unregistered
@@ -148,31 +145,17 @@ impl Apps {
                 }
                 Vec::new()
             }
-            ApiMsg::ChallengeResponse {
-                value,
-                healthy,
-                action,
-                log_msg,
-            } => {
+            ApiMsg::ChallengeResponse { value, healthy, action, log_msg } => {
                 if let Some(r) = slot.reg.as_mut() {
                     if r.challenges.contains(&value) {
-                        r.health = Report {
-                            healthy,
-                            action,
-                            text: clean_text(log_msg.as_bytes()),
-                        };
+                        r.health = Report { healthy, action, text: clean_text(log_msg.as_bytes()) };
                         r.answered = true;
                         r.timeout_at = now + 2 * r.interval;
                     }
                 }
                 Vec::new()
             }
-            ApiMsg::ActionResponse {
-                invocation_id,
-                vote,
-                log_msg,
-                ..
-            } => {
+            ApiMsg::ActionResponse { invocation_id, vote, log_msg, .. } => {
                 if let Some(a) = slot.reg.as_mut().and_then(|r| r.action.as_mut()) {
                     if a.running && a.invocation_id == invocation_id {
                         a.running = false;
@@ -222,11 +205,7 @@ impl Apps {
                     r.health = Report {
                         healthy: false,
                         action: r.init.corrective_action,
-                        text: format!(
-                            "Application {} heartbeat timeout {} ms.",
-                            r.init.name,
-                            period.as_millis()
-                        ),
+                        text: format!("Application {} heartbeat timeout {} ms.", r.init.name, period.as_millis()),
                     };
                 }
             }
@@ -262,11 +241,7 @@ impl Apps {
             });
             out.push(send(
                 slot.conn,
-                ApiMsg::ActionNotify {
-                    invocation_id,
-                    event: n.event_type,
-                    notify: n.notification_type,
-                },
+                ApiMsg::ActionNotify { invocation_id, event: n.event_type, notify: n.notification_type },
             ));
         }
         let any = !out.is_empty();
@@ -319,9 +294,7 @@ fn app_timeout_secs(init: &AppInit, event: EventType, notify: NotificationType) 
         return init.vote_secs;
     }
     match event {
-        Pause | Suspend | ResizeBegin | LiveMigrateBegin | ColdMigrateBegin => {
-            init.suspend_notice_secs
-        }
+        Pause | Suspend | ResizeBegin | LiveMigrateBegin | ColdMigrateBegin => init.suspend_notice_secs,
         Unpause | Resume | ResizeEnd | LiveMigrateEnd | ColdMigrateEnd => init.resume_notice_secs,
         _ => init.shutdown_notice_secs,
     }

@@ -23,22 +23,14 @@ fn ms(n: u64) -> Duration {
 fn challenge_of(out: &[AppOut]) -> u32 {
     out.iter()
         .find_map(|o| match o {
-            AppOut::Send {
-                msg: ApiMsg::Challenge { value },
-                ..
-            } => Some(*value),
+            AppOut::Send { msg: ApiMsg::Challenge { value }, .. } => Some(*value),
             _ => None,
         })
         .expect("a challenge")
 }
 
 fn notify(n: NotificationType) -> ActionNotify {
-    ActionNotify {
-        invocation_id: 1,
-        event_type: EventType::Stop,
-        notification_type: n,
-        timeout_ms: 9000,
-    }
+    ActionNotify { invocation_id: 1, event_type: EventType::Stop, notification_type: n, timeout_ms: 9000 }
 }
 
 #[test]
@@ -48,23 +40,12 @@ fn register_challenge_respond_and_time_out() {
     let mut apps = Apps::new(Rng::with_seed(3));
     assert!(apps.connected(1).is_empty());
     let out = apps.message(1, init("app", 1000, CorrectiveAction::Log), t0);
-    assert_eq!(
-        out,
-        vec![AppOut::Send {
-            conn: 1,
-            msg: ApiMsg::InitAck { accepted: true }
-        }]
-    );
+    assert_eq!(out, vec![AppOut::Send { conn: 1, msg: ApiMsg::InitAck { accepted: true } }]);
     assert!(apps.tick(t0 + ms(999), &g).is_empty());
     let c = challenge_of(&apps.tick(t0 + ms(1000), &g));
     apps.message(
         1,
-        ApiMsg::ChallengeResponse {
-            value: c,
-            healthy: true,
-            action: CorrectiveAction::None,
-            log_msg: String::new(),
-        },
+        ApiMsg::ChallengeResponse { value: c, healthy: true, action: CorrectiveAction::None, log_msg: String::new() },
         t0 + ms(1001),
     );
     challenge_of(&apps.tick(t0 + ms(2000), &g));
@@ -85,22 +66,10 @@ fn low_interval_is_refused_and_final_stops_challenges() {
     let mut apps = Apps::new(Rng::with_seed(3));
     apps.connected(1);
     let out = apps.message(1, init("app", 300, CorrectiveAction::Log), t0);
-    assert_eq!(
-        out,
-        vec![AppOut::Send {
-            conn: 1,
-            msg: ApiMsg::InitAck { accepted: false }
-        }]
-    );
+    assert_eq!(out, vec![AppOut::Send { conn: 1, msg: ApiMsg::InitAck { accepted: false } }]);
     assert_eq!(apps.registered_count(), 0);
     apps.message(1, init("app", 1000, CorrectiveAction::Log), t0);
-    apps.message(
-        1,
-        ApiMsg::Final {
-            log_msg: "bye".into(),
-        },
-        t0,
-    );
+    apps.message(1, ApiMsg::Final { log_msg: "bye".into() }, t0);
     assert!(apps.tick(t0 + ms(5000), &g).is_empty());
     assert!(apps.health().healthy);
 }
@@ -119,10 +88,7 @@ fn votes_reject_wins_timeouts_ignored_and_death_rechecks() {
     let ids: Vec<(u64, u32)> = out
         .iter()
         .filter_map(|o| match o {
-            AppOut::Send {
-                conn,
-                msg: ApiMsg::ActionNotify { invocation_id, .. },
-            } => Some((*conn, *invocation_id)),
+            AppOut::Send { conn, msg: ApiMsg::ActionNotify { invocation_id, .. } } => Some((*conn, *invocation_id)),
             _ => None,
         })
         .collect();
@@ -147,10 +113,7 @@ fn votes_reject_wins_timeouts_ignored_and_death_rechecks() {
     assert_eq!(apps.outcome(), Outcome::Running);
     // App 3 dies: completion is re-checked at once.
     apps.closed(3);
-    assert_eq!(
-        apps.outcome(),
-        Outcome::Vote(VoteResult::Reject, "no".into())
-    );
+    assert_eq!(apps.outcome(), Outcome::Vote(VoteResult::Reject, "no".into()));
     // Timeouts produce no usable vote.
     apps.abort_action();
     apps.start_action(&notify(NotificationType::Irrevocable), t0);

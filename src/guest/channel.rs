@@ -60,11 +60,7 @@ impl Drop for ChannelHandle {
 }
 
 /// Spawns thread "channel".
-pub fn spawn_channel(
-    mode: ChannelMode,
-    retry: Duration,
-    tx: Sender<Event>,
-) -> io::Result<ChannelHandle> {
+pub fn spawn_channel(mode: ChannelMode, retry: Duration, tx: Sender<Event>) -> io::Result<ChannelHandle> {
     let (stop_tx, stop_rx) = bounded::<()>(0);
     let exit_tx = tx.clone();
     let thread = spawn_named("channel", None, exit_tx, Event::ThreadExited, move || {
@@ -76,10 +72,7 @@ pub fn spawn_channel(
         }
         .map_err(|e| e.to_string())
     })?;
-    Ok(ChannelHandle {
-        stop: Some(stop_tx),
-        thread: Some(thread),
-    })
+    Ok(ChannelHandle { stop: Some(stop_tx), thread: Some(thread) })
 }
 
 use ChannelMode as Mode;
@@ -102,10 +95,7 @@ impl Ctx {
 
     /// Sleeps `d` unless stopped first; true when stopped.
     fn sleep(&self, d: Duration) -> bool {
-        matches!(
-            self.stop.recv_timeout(d),
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
-        )
+        matches!(self.stop.recv_timeout(d), Err(crossbeam_channel::RecvTimeoutError::Disconnected))
     }
 
     fn send(&self, e: Event) -> bool {
@@ -147,10 +137,7 @@ impl Ctx {
             }
             let (s, _) = listener.accept()?;
             let writer = HostWriter::Socket(ChannelWriter::new(s.try_clone()?));
-            if !self.send(Event::ChannelUp {
-                writer,
-                initial: false,
-            }) {
+            if !self.send(Event::ChannelUp { writer, initial: false }) {
                 return Ok(());
             }
             match self.read_loop(&s, s.as_raw_fd())? {
@@ -239,20 +226,12 @@ enum Readiness {
 /// poll() one fd for input with the thread's tick as timeout. Data still
 /// buffered wins over a hang-up so that a last message is not lost.
 fn poll_in(fd: RawFd) -> io::Result<Readiness> {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     // SAFETY: `p` is one valid pollfd living across the call.
     let r = unsafe { libc::poll(&mut p, 1, POLL_MS) };
     if r < 0 {
         let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::Interrupted {
-            Ok(Readiness::Idle)
-        } else {
-            Err(e)
-        };
+        return if e.kind() == io::ErrorKind::Interrupted { Ok(Readiness::Idle) } else { Err(e) };
     }
     Ok(if r == 0 {
         Readiness::Idle

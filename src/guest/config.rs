@@ -34,12 +34,7 @@ pub enum ConfigError {
     #[error("line {line}: {reason}")]
     Syntax { line: usize, reason: &'static str },
     #[error("{key} (line {line}): {reason}: {value:?}")]
-    Value {
-        key: &'static str,
-        line: usize,
-        value: String,
-        reason: &'static str,
-    },
+    Value { key: &'static str, line: usize, value: String, reason: &'static str },
 }
 
 /// One `KEY = value` entry with the line it came from.
@@ -116,39 +111,23 @@ pub fn parse_reader(r: impl Read) -> Result<RawConf, ConfigError> {
         let line_no = i + 1;
         let line = line?;
         if line.len() > MAX_LINE {
-            return Err(ConfigError::Syntax {
-                line: line_no,
-                reason: "line longer than 1023 bytes",
-            });
+            return Err(ConfigError::Syntax { line: line_no, reason: "line longer than 1023 bytes" });
         }
         let t = line.trim();
         if t.is_empty() || t.starts_with('#') {
             continue;
         }
         let Some((key, value)) = t.split_once('=') else {
-            return Err(ConfigError::Syntax {
-                line: line_no,
-                reason: "expected KEY = value",
-            });
+            return Err(ConfigError::Syntax { line: line_no, reason: "expected KEY = value" });
         };
         let key = key.trim();
         if key.is_empty() {
-            return Err(ConfigError::Syntax {
-                line: line_no,
-                reason: "empty key",
-            });
+            return Err(ConfigError::Syntax { line: line_no, reason: "empty key" });
         }
         if !KNOWN.contains(&key) {
-            raw.warnings
-                .push(format!("line {line_no}: unknown key {key} ignored"));
+            raw.warnings.push(format!("line {line_no}: unknown key {key} ignored"));
         }
-        raw.values.insert(
-            key.to_string(),
-            RawValue {
-                value: clean_value(value),
-                line: line_no,
-            },
-        );
+        raw.values.insert(key.to_string(), RawValue { value: clean_value(value), line: line_no });
     }
     Ok(raw)
 }
@@ -179,13 +158,10 @@ impl RawConf {
         if interval < u64::from(MIN_INTERVAL_MS) {
             return Err(self.bad("HB_INTERVAL", "must be at least 400 ms"));
         }
-        let interval = u32::try_from(interval)
-            .map_err(|_| self.bad("HB_INTERVAL", "larger than a 32-bit value"))?;
+        let interval = u32::try_from(interval).map_err(|_| self.bad("HB_INTERVAL", "larger than a 32-bit value"))?;
         // 0 used to flood init at the poll tick; clamp to 1 s.
         let init_retry = self.number("HB_INIT_RETRY", 5000)?.max(1000);
-        let min_timeout = self
-            .number("HB_MIN_TIMEOUT", 5000)?
-            .max(u64::from(interval));
+        let min_timeout = self.number("HB_MIN_TIMEOUT", 5000)?.max(u64::from(interval));
         let corrective_action = match self.values.get("CORRECTIVE_ACTION") {
             None => CorrectiveAction::Reboot,
             Some(v) => match v.value.as_str() {
@@ -222,10 +198,7 @@ impl RawConf {
     fn number(&self, key: &'static str, default: u64) -> Result<u64, ConfigError> {
         match self.values.get(key) {
             None => Ok(default),
-            Some(v) => v
-                .value
-                .parse::<u64>()
-                .map_err(|_| self.bad(key, "not a non-negative integer")),
+            Some(v) => v.value.parse::<u64>().map_err(|_| self.bad(key, "not a non-negative integer")),
         }
     }
 
@@ -239,17 +212,8 @@ impl RawConf {
     }
 
     fn bad(&self, key: &'static str, reason: &'static str) -> ConfigError {
-        let (value, line) = self
-            .values
-            .get(key)
-            .map(|v| (v.value.clone(), v.line))
-            .unwrap_or_default();
-        ConfigError::Value {
-            key,
-            line,
-            value,
-            reason,
-        }
+        let (value, line) = self.values.get(key).map(|v| (v.value.clone(), v.line)).unwrap_or_default();
+        ConfigError::Value { key, line, value, reason }
     }
 }
 
@@ -298,10 +262,8 @@ mod tests {
 
     #[test]
     fn spaces_quotes_and_comments_are_handled() {
-        let s = settings(
-            "HB_INTERVAL = 2000 # note\n  VOTE\t=  '4'\nEVENT_NOTIFICATION_SCRIPT = \"/a b/c\"\n",
-        )
-        .unwrap();
+        let s =
+            settings("HB_INTERVAL = 2000 # note\n  VOTE\t=  '4'\nEVENT_NOTIFICATION_SCRIPT = \"/a b/c\"\n").unwrap();
         assert_eq!(s.heartbeat_interval_ms, 2000);
         assert_eq!(s.vote_ms, 4000);
         assert_eq!(s.event_notification_script, Some(PathBuf::from("/a b/c")));
@@ -314,9 +276,7 @@ mod tests {
         assert!(e.contains("HB_INTERVAL") && e.contains("line 2"), "{e}");
         let e = settings("VOTE=-1\n").unwrap_err().to_string();
         assert!(e.contains("VOTE") && e.contains("line 1"), "{e}");
-        let e = settings("CORRECTIVE_ACTION=explode\n")
-            .unwrap_err()
-            .to_string();
+        let e = settings("CORRECTIVE_ACTION=explode\n").unwrap_err().to_string();
         assert!(e.contains("CORRECTIVE_ACTION"), "{e}");
         let e = settings("a\nnot a pair\n").unwrap_err().to_string();
         assert!(e.contains("line 1"), "{e}");
@@ -324,9 +284,7 @@ mod tests {
 
     #[test]
     fn clamps_and_warnings() {
-        let raw =
-            parse_reader("HB_INIT_RETRY=0\nHB_MIN_TIMEOUT=100\nFOO=1\nVOTE=1\nVOTE=2\n".as_bytes())
-                .unwrap();
+        let raw = parse_reader("HB_INIT_RETRY=0\nHB_MIN_TIMEOUT=100\nFOO=1\nVOTE=1\nVOTE=2\n".as_bytes()).unwrap();
         assert_eq!(raw.warnings.len(), 1);
         assert!(raw.warnings[0].contains("FOO"));
         let s = raw.validate().unwrap();

@@ -160,10 +160,7 @@ pub fn run_with(mut st: State, rx: &Receiver<Event>, start_down: bool) -> Ended 
 impl State {
     fn next_deadline(&self) -> Option<Instant> {
         let action = self.action.as_ref().map(|a| a.deadline);
-        [self.health_at, action, self.apps.next_deadline()]
-            .into_iter()
-            .flatten()
-            .min()
+        [self.health_at, action, self.apps.next_deadline()].into_iter().flatten().min()
     }
 
     /// Runs every due timer.
@@ -216,11 +213,7 @@ impl State {
                 self.apps.closed(conn);
                 self.check_action(now);
             }
-            Event::ScriptDone {
-                run,
-                exit_code,
-                output,
-            } => self.script_done(run, exit_code, &output, now),
+            Event::ScriptDone { run, exit_code, output } => self.script_done(run, exit_code, &output, now),
             Event::Signal(sig) if sig == libc::SIGHUP => set_level_from_flags(),
             Event::Signal(sig) => {
                 log::info!("signal {sig}: shutting down");
@@ -230,13 +223,9 @@ impl State {
                 // Per-script and per-app threads end all the time; a
                 // singleton (channel, api-accept, signals) ends only when
                 // it failed, and the daemon cannot work without it.
-                let per_instance =
-                    exit.name.starts_with("script-") || exit.name.starts_with("app-");
+                let per_instance = exit.name.starts_with("script-") || exit.name.starts_with("app-");
                 if !per_instance {
-                    return Some(Ended::ThreadDied(format!(
-                        "{}: {:?}",
-                        exit.name, exit.reason
-                    )));
+                    return Some(Ended::ThreadDied(format!("{}: {:?}", exit.name, exit.reason)));
                 }
                 if let ExitReason::Panicked(m) = exit.reason {
                     log::error!("thread {} panicked: {m}", exit.name);
@@ -273,9 +262,7 @@ impl State {
                     let body = self.health.respond(v, &self.apps.health(), now);
                     self.link.send(&GuestMsg::ChallengeResponse(body));
                 }
-                Output::SendExit => self.link.send(&GuestMsg::Exit(Exit {
-                    log_msg: "Exiting...".into(),
-                })),
+                Output::SendExit => self.link.send(&GuestMsg::Exit(Exit { log_msg: "Exiting...".into() })),
                 Output::Transition { from, to, event } => {
                     log::info!(
                         "Guest-Client heartbeat state change from {} to {}, event={event}",

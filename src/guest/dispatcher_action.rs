@@ -16,12 +16,7 @@ use crate::wire::vocab::{EventType, NotificationType};
 
 impl State {
     pub(super) fn action_notify(&mut self, n: ActionNotify, now: Instant) {
-        log::info!(
-            "action_notify {} {} timeout {} ms",
-            n.notification_type,
-            n.event_type,
-            n.timeout_ms
-        );
+        log::info!("action_notify {} {} timeout {} ms", n.notification_type, n.event_type, n.timeout_ms);
         if self.hb.state() != HbState::Enabled {
             self.reply(vote::complete_now(&n));
             return;
@@ -32,8 +27,7 @@ impl State {
         let (outs, any_app) = self.apps.start_action(&n, now);
         self.app_out(outs);
         p.apps_waiting = any_app;
-        let known =
-            n.event_type != EventType::Unknown && n.notification_type != NotificationType::Unknown;
+        let known = n.event_type != EventType::Unknown && n.notification_type != NotificationType::Unknown;
         if let (Some(path), true) = (self.settings.event_notification_script.clone(), known) {
             let run = self.next_run;
             self.next_run += 1;
@@ -50,13 +44,7 @@ impl State {
         }
     }
 
-    pub(super) fn event_script_done(
-        &mut self,
-        run: u64,
-        exit_code: Option<i32>,
-        output: &[u8],
-        now: Instant,
-    ) {
+    pub(super) fn event_script_done(&mut self, run: u64, exit_code: Option<i32>, output: &[u8], now: Instant) {
         let Some(p) = self.action.as_mut() else {
             return;
         };
@@ -122,13 +110,7 @@ impl State {
     }
 
     fn reply(&mut self, r: ActionResponse) {
-        log::info!(
-            "action_response {} {} {}: {}",
-            r.notification_type,
-            r.event_type,
-            r.vote_result,
-            r.log_msg
-        );
+        log::info!("action_response {} {} {}: {}", r.notification_type, r.event_type, r.vote_result, r.log_msg);
         self.link.send(&GuestMsg::ActionResponse(r));
     }
 }

@@ -44,11 +44,7 @@ pub enum Event {
     AppClosed { conn: u64 },
     /// A script run ended: exit code (None if killed by a signal) and the
     /// first 256 bytes of its stdout.
-    ScriptDone {
-        run: u64,
-        exit_code: Option<i32>,
-        output: Vec<u8>,
-    },
+    ScriptDone { run: u64, exit_code: Option<i32>, output: Vec<u8> },
     /// SIGTERM, SIGINT, SIGQUIT or SIGHUP.
     Signal(i32),
     /// A thread ended (normally only at shutdown).

@@ -56,11 +56,7 @@ pub enum Output {
     /// Send `exit` ("Exiting...").
     SendExit,
     /// The state changed; log it, and start or stop per-state work.
-    Transition {
-        from: HbState,
-        to: HbState,
-        event: &'static str,
-    },
+    Transition { from: HbState, to: HbState, event: &'static str },
 }
 
 /// The scheduling guard: remembers the last stall.
@@ -139,10 +135,7 @@ impl Heartbeat {
 
     /// The earliest timer, if any.
     pub fn next_deadline(&self) -> Option<Instant> {
-        [self.release_at, self.retry_at, self.challenge_deadline]
-            .into_iter()
-            .flatten()
-            .min()
+        [self.release_at, self.retry_at, self.challenge_deadline].into_iter().flatten().min()
     }
 
     /// Runs due timers. Call at every wake-up.
@@ -177,15 +170,9 @@ impl Heartbeat {
         let mut out = Vec::new();
         use HbState::*;
         match (self.state, input) {
-            (Initial | Disabled, Input::ChannelUp) => {
-                self.enter_enabling(now, "channel-up", &mut out)
-            }
-            (Initial | Enabling | Enabled, Input::ChannelDown) => {
-                self.go(Disabled, "channel-down", &mut out)
-            }
-            (Enabling, Input::InitAck(id))
-                if id == self.current_id || Some(id) == self.previous_id =>
-            {
+            (Initial | Disabled, Input::ChannelUp) => self.enter_enabling(now, "channel-up", &mut out),
+            (Initial | Enabling | Enabled, Input::ChannelDown) => self.go(Disabled, "channel-down", &mut out),
+            (Enabling, Input::InitAck(id)) if id == self.current_id || Some(id) == self.previous_id => {
                 self.retry_at = None;
                 self.challenge_deadline = Some(now + self.params.challenge_timeout);
                 self.go(Enabled, "init-ack", &mut out);

@@ -61,9 +61,7 @@ fn release_sends_first_init_after_one_second() {
     let out = run(&mut hb, t0 + ms(900), t0 + ms(1000));
     assert_eq!(inits(&out).len(), 1);
     assert_eq!(hb.state(), HbState::Enabling);
-    let Output::SendInit(init) = &out[1] else {
-        panic!("{out:?}")
-    };
+    let Output::SendInit(init) = &out[1] else { panic!("{out:?}") };
     assert_eq!(init.name, "vm1");
     assert_eq!(init.invocation_id, hb.invocation_id());
 }
@@ -84,13 +82,7 @@ fn init_retries_with_fresh_ids_and_accepts_current_or_previous() {
     // The immediately previous id is accepted.
     let out = hb.handle(Input::InitAck(later[0]), t0 + ms(11_000));
     assert_eq!(hb.state(), HbState::Enabled);
-    assert!(matches!(
-        out[0],
-        Output::Transition {
-            event: "init-ack",
-            ..
-        }
-    ));
+    assert!(matches!(out[0], Output::Transition { event: "init-ack", .. }));
     // No more inits once enabled (until the challenge timeout).
     assert!(inits(&run(&mut hb, t0 + ms(11_000), t0 + ms(15_900))).is_empty());
 }
@@ -107,10 +99,7 @@ fn challenges_are_echoed_and_silence_falls_back_to_enabling() {
     assert_eq!(hb.state(), HbState::Enabling);
     assert_eq!(inits(&out).len(), 1);
     // Then every 5 s.
-    assert_eq!(
-        inits(&run(&mut hb, t0 + ms(6500), t0 + ms(11_500))).len(),
-        1
-    );
+    assert_eq!(inits(&run(&mut hb, t0 + ms(6500), t0 + ms(11_500))).len(), 1);
 }
 
 #[test]
@@ -135,10 +124,7 @@ fn channel_down_and_up_from_each_state() {
     let mut hb = Heartbeat::new(params(), Rng::with_seed(7), t0);
     hb.handle(Input::ChannelDown, t0);
     assert_eq!(hb.state(), HbState::Disabled);
-    assert!(
-        run(&mut hb, t0, t0 + ms(2000)).is_empty(),
-        "release ignored"
-    );
+    assert!(run(&mut hb, t0, t0 + ms(2000)).is_empty(), "release ignored");
     let out = hb.handle(Input::ChannelUp, t0 + ms(2000));
     assert_eq!(hb.state(), HbState::Enabling);
     assert_eq!(inits(&out).len(), 1);

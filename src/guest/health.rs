@@ -36,11 +36,7 @@ pub struct Report {
 
 impl Report {
     pub fn healthy() -> Self {
-        Report {
-            healthy: true,
-            action: CorrectiveAction::None,
-            text: String::new(),
-        }
+        Report { healthy: true, action: CorrectiveAction::None, text: String::new() }
     }
 }
 
@@ -69,11 +65,7 @@ pub fn aggregate<'a>(apps: impl IntoIterator<Item = &'a Report>) -> Report {
     for app in apps.into_iter().filter(|a| !a.healthy) {
         let merged = merge(agg.action, app.action);
         if merged == app.action {
-            agg = Report {
-                healthy: false,
-                action: app.action,
-                text: app.text.clone(),
-            };
+            agg = Report { healthy: false, action: app.action, text: app.text.clone() };
         }
     }
     agg
@@ -91,12 +83,7 @@ pub struct HealthState {
 
 impl HealthState {
     pub fn new(configured: CorrectiveAction) -> Self {
-        HealthState {
-            configured,
-            script_healthy: true,
-            script_text: String::new(),
-            last_sent: None,
-        }
+        HealthState { configured, script_healthy: true, script_text: String::new(), last_sent: None }
     }
 
     /// Records a script run: only exit status 1 is unhealthy (K5).
@@ -113,11 +100,7 @@ impl HealthState {
             (false, true) => (false, apps.action, apps.text.clone()),
             (false, false) => {
                 let m = merge(apps.action, self.configured);
-                let text = if m == self.configured {
-                    self.script_text.clone()
-                } else {
-                    apps.text.clone()
-                };
+                let text = if m == self.configured { self.script_text.clone() } else { apps.text.clone() };
                 (false, m, text)
             }
         };
@@ -137,13 +120,7 @@ impl HealthState {
         };
         ChallengeResponse {
             heartbeat_response: challenge,
-            heartbeat_health: if healthy {
-                Health::Healthy
-            } else {
-                Health::Unhealthy
-            }
-            .as_str()
-            .to_string(),
+            heartbeat_health: if healthy { Health::Healthy } else { Health::Unhealthy }.as_str().to_string(),
             corrective_action: action.as_str().to_string(),
             log_msg: text,
         }
@@ -155,11 +132,7 @@ mod tests {
     use super::*;
 
     fn unhealthy(action: CorrectiveAction, text: &str) -> Report {
-        Report {
-            healthy: false,
-            action,
-            text: text.into(),
-        }
+        Report { healthy: false, action, text: text.into() }
     }
 
     #[test]
@@ -189,10 +162,7 @@ mod tests {
         let mut h = HealthState::new(CorrectiveAction::Reboot);
         h.script_done(Some(1), b"bad");
         let apps = Report::healthy();
-        let at = |h: &mut HealthState, s: u64| {
-            h.respond(1, &apps, t0 + Duration::from_secs(s))
-                .corrective_action
-        };
+        let at = |h: &mut HealthState, s: u64| h.respond(1, &apps, t0 + Duration::from_secs(s)).corrective_action;
         assert_eq!(at(&mut h, 0), "reboot");
         assert_eq!(at(&mut h, 1), "none");
         assert_eq!(at(&mut h, 59), "none");
@@ -201,18 +171,11 @@ mod tests {
         // A more severe app action goes out at once.
         let stop = unhealthy(CorrectiveAction::Stop, "app down");
         let r = h.respond(1, &stop, t0 + Duration::from_secs(62));
-        assert_eq!(
-            (r.heartbeat_health.as_str(), r.corrective_action.as_str()),
-            ("unhealthy", "stop")
-        );
+        assert_eq!((r.heartbeat_health.as_str(), r.corrective_action.as_str()), ("unhealthy", "stop"));
         assert_eq!(r.log_msg, "app down");
         // Healthy clears the record.
         h.script_done(Some(0), b"");
-        assert_eq!(
-            h.respond(1, &apps, t0 + Duration::from_secs(63))
-                .corrective_action,
-            "reboot"
-        );
+        assert_eq!(h.respond(1, &apps, t0 + Duration::from_secs(63)).corrective_action, "reboot");
         h.script_done(Some(1), b"bad");
         assert_eq!(at(&mut h, 64), "reboot");
     }
@@ -223,10 +186,7 @@ mod tests {
         h.script_done(Some(1), b"script");
         let log = unhealthy(CorrectiveAction::Log, "app");
         let r = h.respond(1, &log, Instant::now());
-        assert_eq!(
-            (r.corrective_action.as_str(), r.log_msg.as_str()),
-            ("reboot", "script")
-        );
+        assert_eq!((r.corrective_action.as_str(), r.log_msg.as_str()), ("reboot", "script"));
         let apps = [
             unhealthy(CorrectiveAction::Log, "a"),
             Report::healthy(),
@@ -235,10 +195,7 @@ mod tests {
             unhealthy(CorrectiveAction::Reboot, "d"),
         ];
         let agg = aggregate(&apps);
-        assert_eq!(
-            (agg.action, agg.text.as_str()),
-            (CorrectiveAction::Stop, "c")
-        );
+        assert_eq!((agg.action, agg.text.as_str()), (CorrectiveAction::Stop, "c"));
         assert!(aggregate(&[Report::healthy()]).healthy);
     }
 }

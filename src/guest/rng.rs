@@ -19,10 +19,7 @@ impl Rng {
 
     /// A generator seeded from the clock and the pid.
     pub fn from_entropy() -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
         Self::with_seed(nanos ^ (u64::from(std::process::id()) << 32))
     }
 

@@ -45,10 +45,7 @@ impl ScriptRun {
 pub fn start(run: u64, path: &Path, args: &[&str], tx: &Sender<Event>) -> io::Result<ScriptRun> {
     let meta = std::fs::metadata(path)?;
     if !meta.is_file() || meta.len() == 0 || meta.permissions().mode() & 0o111 == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "not an executable, non-empty file",
-        ));
+        return Err(io::Error::new(io::ErrorKind::PermissionDenied, "not an executable, non-empty file"));
     }
     let mut child = Command::new(path)
         .args(args)
@@ -61,36 +58,26 @@ pub fn start(run: u64, path: &Path, args: &[&str], tx: &Sender<Event>) -> io::Re
     let mut stdout = child.stdout.take();
     let done_tx = tx.clone();
     let name = format!("script-{run}");
-    spawn_named(
-        &name,
-        Some(STACK),
-        tx.clone(),
-        Event::ThreadExited,
-        move || {
-            let mut output = Vec::with_capacity(CAPTURE);
-            if let Some(out) = stdout.as_mut() {
-                let mut buf = [0u8; 1024];
-                loop {
-                    match out.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            let room = CAPTURE.saturating_sub(output.len());
-                            output.extend_from_slice(&buf[..n.min(room)]);
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(_) => break,
+    spawn_named(&name, Some(STACK), tx.clone(), Event::ThreadExited, move || {
+        let mut output = Vec::with_capacity(CAPTURE);
+        if let Some(out) = stdout.as_mut() {
+            let mut buf = [0u8; 1024];
+            loop {
+                match out.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        let room = CAPTURE.saturating_sub(output.len());
+                        output.extend_from_slice(&buf[..n.min(room)]);
                     }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
                 }
             }
-            drop(stdout);
-            let exit_code = child.wait().map_err(|e| e.to_string())?.code();
-            let _ = done_tx.send(Event::ScriptDone {
-                run,
-                exit_code,
-                output,
-            });
-            Ok(())
-        },
-    )?;
+        }
+        drop(stdout);
+        let exit_code = child.wait().map_err(|e| e.to_string())?.code();
+        let _ = done_tx.send(Event::ScriptDone { run, exit_code, output });
+        Ok(())
+    })?;
     Ok(ScriptRun { run, pid })
 }

@@ -97,11 +97,9 @@ impl PendingAction {
     /// vote is sent as `error` with the script's text (fix Q2).
     pub fn finish(&self) -> ActionResponse {
         match self.vote {
-            VoteResult::Unknown => reply(
-                &self.notify,
-                VoteResult::Error,
-                self.script_error.clone().unwrap_or_default(),
-            ),
+            VoteResult::Unknown => {
+                reply(&self.notify, VoteResult::Error, self.script_error.clone().unwrap_or_default())
+            }
             v => reply(&self.notify, v, self.text.clone()),
         }
     }
@@ -145,10 +143,7 @@ mod tests {
         p.fold(VoteResult::Accept, "a2".into());
         p.fold(VoteResult::Timeout, "t".into());
         let r = p.finish();
-        assert_eq!(
-            (r.vote_result.as_str(), r.log_msg.as_str()),
-            ("reject", "no")
-        );
+        assert_eq!((r.vote_result.as_str(), r.log_msg.as_str()), ("reject", "no"));
         assert_eq!(r.invocation_id, 42);
         let mut p = PendingAction::new(notify(4000), Instant::now());
         p.fold(VoteResult::Accept, "a1".into());
@@ -164,10 +159,7 @@ mod tests {
         p.script_done(Some(2), "oops".into());
         assert!(p.is_done());
         let r = p.finish();
-        assert_eq!(
-            (r.vote_result.as_str(), r.log_msg.as_str()),
-            ("error", "oops")
-        );
+        assert_eq!((r.vote_result.as_str(), r.log_msg.as_str()), ("error", "oops"));
         let mut p = PendingAction::new(notify(4000), Instant::now());
         p.script_done(Some(1), "veto".into());
         assert_eq!(p.finish().vote_result, "reject");
@@ -179,10 +171,7 @@ mod tests {
         let mut p = PendingAction::new(notify(4000), t0);
         assert_eq!(p.deadline, t0 + Duration::from_millis(3000));
         let r = p.timed_out();
-        assert_eq!(
-            (r.vote_result.as_str(), r.log_msg.as_str()),
-            ("timeout", TIMEOUT_TEXT)
-        );
+        assert_eq!((r.vote_result.as_str(), r.log_msg.as_str()), ("timeout", TIMEOUT_TEXT));
         p.fold(VoteResult::Reject, "app says no".into());
         assert_eq!(p.timed_out().vote_result, "reject");
         assert_eq!(complete_now(&p.notify).vote_result, "complete");

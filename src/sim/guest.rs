@@ -63,11 +63,7 @@ pub struct GuestCounters {
 
 impl GuestCounters {
     pub(super) fn panicked(index: usize) -> Self {
-        GuestCounters {
-            index,
-            panicked: true,
-            ..Default::default()
-        }
+        GuestCounters { index, panicked: true, ..Default::default() }
     }
 
     fn latency(&mut self, d: Duration) {
@@ -121,20 +117,14 @@ impl Guest {
             next_flap: g.plan.flap_every.map(|p| g.started + p),
             sequence: 0,
             rng: Rng::with_seed(g.seed),
-            c: GuestCounters {
-                index: g.index,
-                ..Default::default()
-            },
+            c: GuestCounters { index: g.index, ..Default::default() },
             g,
         }
     }
 
     fn emit(&self, kind: SimEventKind) {
         if let Some(tx) = &self.g.events {
-            let _ = tx.send(SimEvent {
-                guest: self.g.index,
-                kind,
-            });
+            let _ = tx.send(SimEvent { guest: self.g.index, kind });
         }
     }
 
@@ -229,10 +219,7 @@ impl Guest {
 
     /// Sleeps unless stopped first; true when stopped.
     fn sleep(&self, d: Duration) -> bool {
-        matches!(
-            self.g.stop.recv_timeout(d),
-            Err(RecvTimeoutError::Disconnected)
-        )
+        matches!(self.g.stop.recv_timeout(d), Err(RecvTimeoutError::Disconnected))
     }
 
     fn send(&mut self, s: &mut UnixStream, msg: &GuestMsg) {
@@ -254,8 +241,7 @@ impl Guest {
                 corrective_action: "reboot".into(),
             },
             init_retry: self.g.init_retry,
-            challenge_timeout: Duration::from_millis(u64::from(self.g.interval_ms) * 2)
-                .max(Duration::from_secs(5)),
+            challenge_timeout: Duration::from_millis(u64::from(self.g.interval_ms) * 2).max(Duration::from_secs(5)),
         };
         let now = Instant::now();
         let mut hb = Heartbeat::new(params, Rng::with_seed(self.rng.next_id().into()), now);
@@ -275,9 +261,7 @@ impl Guest {
             }
             let outs = hb.tick(now);
             self.outputs(&mut s, outs, now);
-            let wait = hb
-                .next_deadline()
-                .map_or(TICK, |d| d.saturating_duration_since(now).min(TICK));
+            let wait = hb.next_deadline().map_or(TICK, |d| d.saturating_duration_since(now).min(TICK));
             if !poll_in(s.as_raw_fd(), wait) {
                 continue;
             }
@@ -403,11 +387,7 @@ impl Guest {
 
 /// True when `fd` is readable (or hung up) within `d`.
 fn poll_in(fd: RawFd, d: Duration) -> bool {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     let ms = i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: `p` is one valid pollfd living across the call.
     unsafe { libc::poll(&mut p, 1, ms) > 0 }

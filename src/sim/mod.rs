@@ -65,12 +65,7 @@ pub struct GuestPlan {
 
 impl Default for GuestPlan {
     fn default() -> Self {
-        GuestPlan {
-            behaviour: Behaviour::Healthy,
-            vote: Vote::Accept,
-            schedule: Vec::new(),
-            flap_every: None,
-        }
+        GuestPlan { behaviour: Behaviour::Healthy, vote: Vote::Accept, schedule: Vec::new(), flap_every: None }
     }
 }
 
@@ -117,11 +112,7 @@ pub enum SimEventKind {
     InitAcked(u32),
     ChallengeAnswered(u32),
     ChallengeIgnored(u32),
-    Notify {
-        event: EventType,
-        notification: NotificationType,
-        answered: Option<VoteResult>,
-    },
+    Notify { event: EventType, notification: NotificationType, answered: Option<VoteResult> },
     BadLine(String),
 }
 
@@ -188,13 +179,7 @@ impl Sim {
         };
         for i in 0..cfg.count {
             let uuid = uuid_for(cfg.seed, i);
-            let plan = cfg
-                .plans
-                .iter()
-                .rev()
-                .find(|(idx, _)| *idx == i)
-                .map(|(_, p)| p.clone())
-                .unwrap_or_default();
+            let plan = cfg.plans.iter().rev().find(|(idx, _)| *idx == i).map(|(_, p)| p.clone()).unwrap_or_default();
             let (ctl_tx, ctl_rx) = unbounded();
             let g = guest::GuestSetup {
                 index: i,
@@ -308,10 +293,7 @@ pub fn uuid_for(seed: u64, index: usize) -> String {
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit; returns the new value.
 pub fn raise_nofile_limit() -> std::io::Result<u64> {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: `r` is a valid rlimit the kernel fills in.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
         return Err(std::io::Error::last_os_error());

@@ -21,15 +21,7 @@ fn client(dir: &TempDir, conf: &str) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_guest-client"));
     c.arg("--device")
         .arg(dir.path("host.sock"))
-        .args([
-            "--name",
-            "vm1",
-            "-f",
-            "--fail-delay",
-            "0",
-            "--log-level",
-            "debug",
-        ])
+        .args(["--name", "vm1", "-f", "--fail-delay", "0", "--log-level", "debug"])
         .arg("--config")
         .arg(&conf_path)
         .arg("--api-socket")
@@ -63,9 +55,7 @@ fn vote(host: &crate::util::HostConn) -> (String, String) {
 /// Acks `id`, challenges with `value` and checks the echo.
 fn heartbeat(host: &mut crate::util::HostConn, id: u32, value: u32) -> (String, String) {
     host.send(HostMsg::InitAck(InitAck { invocation_id: id }));
-    host.send(HostMsg::Challenge(Challenge {
-        heartbeat_challenge: value,
-    }));
+    host.send(HostMsg::Challenge(Challenge { heartbeat_challenge: value }));
     host.expect("challenge_response", |m| match m {
         GuestMsg::ChallengeResponse(r) if r.heartbeat_response == value => {
             Some((r.heartbeat_health.clone(), r.corrective_action.clone()))
@@ -80,15 +70,9 @@ fn full_session_against_a_scripted_host() {
     let flag = dir.path("veto");
     script(
         &dir.path("event.sh"),
-        &format!(
-            "if [ -e {f} ]; then echo \"veto $1 $2\"; exit 1; fi\necho \"ok $1 $2\"; exit 0",
-            f = flag.display()
-        ),
+        &format!("if [ -e {f} ]; then echo \"veto $1 $2\"; exit 1; fi\necho \"ok $1 $2\"; exit 0", f = flag.display()),
     );
-    let conf = format!(
-        "{CONF}EVENT_NOTIFICATION_SCRIPT={}\n",
-        dir.path("event.sh").display()
-    );
+    let conf = format!("{CONF}EVENT_NOTIFICATION_SCRIPT={}\n", dir.path("event.sh").display());
     let listener = UnixListener::bind(dir.path("host.sock")).unwrap();
     let started = Instant::now();
     let mut proc = Proc::spawn(&mut client(&dir, &conf));
@@ -98,19 +82,12 @@ fn full_session_against_a_scripted_host() {
     let raw = host.raw.recv_timeout(WAIT).unwrap();
     assert!(started.elapsed() >= Duration::from_millis(900));
     let text = String::from_utf8(raw).unwrap();
-    assert!(
-        text.starts_with(
-            r#"{"version":3,"revision":1,"msg_type":"init","sequence":1,"invocation_id":"#
-        ),
-        "{text}"
-    );
+    assert!(text.starts_with(r#"{"version":3,"revision":1,"msg_type":"init","sequence":1,"invocation_id":"#), "{text}");
     assert!(text.ends_with(r#","name":"vm1","heartbeat_interval_ms":1000,"vote_secs":9,"shutdown_notice_secs":9,"suspend_notice_secs":9,"resume_notice_secs":14,"restart_secs":601,"corrective_action":"reboot"}"#), "{text}");
     let id = host.expect("init", init_of);
 
     // A challenge before the ack gets no answer; after it, an exact echo.
-    host.send(HostMsg::Challenge(Challenge {
-        heartbeat_challenge: 1,
-    }));
+    host.send(HostMsg::Challenge(Challenge { heartbeat_challenge: 1 }));
     let (health, action) = heartbeat(&mut host, id, 1_576_872_650);
     assert_eq!((health.as_str(), action.as_str()), ("healthy", "reboot"));
 
@@ -119,17 +96,9 @@ fn full_session_against_a_scripted_host() {
     assert_eq!(vote(&host), ("accept".into(), "ok revocable stop ".into()));
     std::fs::write(&flag, "").unwrap();
     notify(&mut host, id, EventType::Stop, NotificationType::Revocable);
-    assert_eq!(
-        vote(&host),
-        ("reject".into(), "veto revocable stop ".into())
-    );
+    assert_eq!(vote(&host), ("reject".into(), "veto revocable stop ".into()));
     std::fs::remove_file(&flag).unwrap();
-    notify(
-        &mut host,
-        id,
-        EventType::Reboot,
-        NotificationType::Irrevocable,
-    );
+    notify(&mut host, id, EventType::Reboot, NotificationType::Irrevocable);
     assert_eq!(vote(&host).0, "accept");
     // An unknown event is answered `complete` at once with "unknown".
     host.send_raw(b"\n{\"version\":3,\"revision\":1,\"msg_type\":\"action_notify\",\"sequence\":9,\"invocation_id\":5,\"event_type\":\"explode\",\"notification_type\":\"revocable\",\"timeout_ms\":4000}\n");
@@ -137,10 +106,7 @@ fn full_session_against_a_scripted_host() {
         GuestMsg::ActionResponse(r) => Some(r.clone()),
         _ => None,
     });
-    assert_eq!(
-        (r.event_type.as_str(), r.vote_result.as_str()),
-        ("unknown", "complete")
-    );
+    assert_eq!((r.event_type.as_str(), r.vote_result.as_str()), ("unknown", "complete"));
 
     // The host goes away and comes back: the guest reconnects and re-inits.
     host.close();
@@ -153,11 +119,7 @@ fn full_session_against_a_scripted_host() {
     // Silence: init again after the 2 s no-challenge timeout.
     let t = Instant::now();
     let id3 = host.expect("init after silence", init_of);
-    assert!(
-        t.elapsed() >= Duration::from_millis(1500),
-        "{:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() >= Duration::from_millis(1500), "{:?}", t.elapsed());
     heartbeat(&mut host, id3, 78);
 
     // SIGTERM while enabled: `exit` then exit code 0.
@@ -175,10 +137,7 @@ fn hanging_event_script_times_out_and_overlap_gets_one_reply() {
     let dir = TempDir::new("gc-hang");
     script(&dir.path("event.sh"), "exec sleep 30");
     // No challenges while we wait: keep the no-challenge timeout long.
-    let conf = format!(
-        "{CONF}HB_MIN_TIMEOUT=10000\nEVENT_NOTIFICATION_SCRIPT={}\n",
-        dir.path("event.sh").display()
-    );
+    let conf = format!("{CONF}HB_MIN_TIMEOUT=10000\nEVENT_NOTIFICATION_SCRIPT={}\n", dir.path("event.sh").display());
     let listener = UnixListener::bind(dir.path("host.sock")).unwrap();
     let _proc = Proc::spawn(&mut client(&dir, &conf));
     let mut host = accept(&listener);
@@ -192,23 +151,14 @@ fn hanging_event_script_times_out_and_overlap_gets_one_reply() {
         _ => None,
     });
     // timeout_ms 4000 - 1000, for the second notify only.
-    assert!(
-        t.elapsed() >= Duration::from_millis(2800),
-        "{:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() >= Duration::from_millis(2800), "{:?}", t.elapsed());
     assert_eq!(r.event_type, "stop");
     assert_eq!(r.vote_result, "timeout");
-    assert_eq!(
-        r.log_msg,
-        "Timeout on application and/or script action responses."
-    );
+    assert_eq!(r.log_msg, "Timeout on application and/or script action responses.");
     // Keep the heartbeat alive and make sure no second reply follows.
     let deadline = Instant::now() + Duration::from_millis(1500);
     while Instant::now() < deadline {
-        host.send(HostMsg::Challenge(Challenge {
-            heartbeat_challenge: 9,
-        }));
+        host.send(HostMsg::Challenge(Challenge { heartbeat_challenge: 9 }));
         if let Some(m) = host.next_within(Duration::from_millis(300)) {
             assert!(!matches!(m, GuestMsg::ActionResponse(_)), "{m:?}");
         }
@@ -248,10 +198,7 @@ fn app_init(interval: u32) -> AppInit {
 fn app_api_health_vote_and_death() {
     let dir = TempDir::new("gc-app");
     script(&dir.path("event.sh"), "echo fine; exit 0");
-    let conf = format!(
-        "{CONF}EVENT_NOTIFICATION_SCRIPT={}\n",
-        dir.path("event.sh").display()
-    );
+    let conf = format!("{CONF}EVENT_NOTIFICATION_SCRIPT={}\n", dir.path("event.sh").display());
     let listener = UnixListener::bind(dir.path("host.sock")).unwrap();
     let _proc = Proc::spawn(&mut client(&dir, &conf));
     let mut host = accept(&listener);
@@ -267,12 +214,7 @@ fn app_api_health_vote_and_death() {
     ));
     let mut app = ApiClient::register(&api, &app_init(400), WAIT).unwrap();
     let mut handler = TestApp { healthy: false };
-    assert!(app
-        .serve_until(&mut handler, WAIT, |m| matches!(
-            m,
-            ApiMsg::Challenge { .. }
-        ))
-        .unwrap());
+    assert!(app.serve_until(&mut handler, WAIT, |m| matches!(m, ApiMsg::Challenge { .. })).unwrap());
     // The app's unhealthy report reaches the host with its text.
     let (health, action) = heartbeat(&mut host, id, 6);
     assert_eq!((health.as_str(), action.as_str()), ("unhealthy", "stop"));
@@ -280,12 +222,7 @@ fn app_api_health_vote_and_death() {
 
     // The app's reject beats the script's accept.
     notify(&mut host, id, EventType::Stop, NotificationType::Revocable);
-    assert!(app
-        .serve_until(&mut handler, WAIT, |m| matches!(
-            m,
-            ApiMsg::ActionNotify { .. }
-        ))
-        .unwrap());
+    assert!(app.serve_until(&mut handler, WAIT, |m| matches!(m, ApiMsg::ActionNotify { .. })).unwrap());
     assert_eq!(vote(&host), ("reject".into(), "app says no".into()));
 
     // A hung app (socket open, no answers) turns the VM unhealthy with the
@@ -293,9 +230,7 @@ fn app_api_health_vote_and_death() {
     let deadline = Instant::now() + WAIT;
     let text = loop {
         assert!(Instant::now() < deadline, "never reported the hung app");
-        host.send(HostMsg::Challenge(Challenge {
-            heartbeat_challenge: 7,
-        }));
+        host.send(HostMsg::Challenge(Challenge { heartbeat_challenge: 7 }));
         let r = host.expect("challenge_response", |m| match m {
             GuestMsg::ChallengeResponse(r) => Some(r.clone()),
             _ => None,
@@ -310,9 +245,7 @@ fn app_api_health_vote_and_death() {
     // A killed app drops out silently: the VM is healthy again.
     drop(app);
     wait_until("healthy after app death", || {
-        host.send(HostMsg::Challenge(Challenge {
-            heartbeat_challenge: 8,
-        }));
+        host.send(HostMsg::Challenge(Challenge { heartbeat_challenge: 8 }));
         host.expect("challenge_response", |m| match m {
             GuestMsg::ChallengeResponse(r) => Some(r.heartbeat_health == "healthy"),
             _ => None,
@@ -329,28 +262,16 @@ fn exit_codes() {
     let out = client(&dir, "HB_INTERVAL = 300\n").output().unwrap();
     assert_eq!(out.status.code(), Some(1), "bad config");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("HB_INTERVAL") && err.contains("line 1"),
-        "{err}"
-    );
-    let help = Command::new(env!("CARGO_BIN_EXE_guest-client"))
-        .arg("--help")
-        .output()
-        .unwrap();
+    assert!(err.contains("HB_INTERVAL") && err.contains("line 1"), "{err}");
+    let help = Command::new(env!("CARGO_BIN_EXE_guest-client")).arg("--help").output().unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("--listen"));
 }
 
 #[test]
 fn health_script_unhealthy_then_none_with_escaped_text() {
     let dir = TempDir::new("gc-health");
-    script(
-        &dir.path("health.sh"),
-        "echo 'bad \"q\" \\\\'; echo line2; exit 1",
-    );
-    let conf = format!(
-        "{CONF}HEALTH_CHECK_INTERVAL=1\nHEALTH_CHECK_SCRIPT={}\n",
-        dir.path("health.sh").display()
-    );
+    script(&dir.path("health.sh"), "echo 'bad \"q\" \\\\'; echo line2; exit 1");
+    let conf = format!("{CONF}HEALTH_CHECK_INTERVAL=1\nHEALTH_CHECK_SCRIPT={}\n", dir.path("health.sh").display());
     let listener = UnixListener::bind(dir.path("host.sock")).unwrap();
     let _proc = Proc::spawn(&mut client(&dir, &conf));
     let mut host = accept(&listener);
@@ -360,9 +281,7 @@ fn health_script_unhealthy_then_none_with_escaped_text() {
     let mut v = 2;
     wait_until("two unhealthy responses", || {
         v += 1;
-        host.send(HostMsg::Challenge(Challenge {
-            heartbeat_challenge: v,
-        }));
+        host.send(HostMsg::Challenge(Challenge { heartbeat_challenge: v }));
         let r = host.expect("challenge_response", |m| match m {
             GuestMsg::ChallengeResponse(r) => Some(r.clone()),
             _ => None,

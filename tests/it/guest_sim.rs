@@ -6,12 +6,8 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use guest_heartbeat::sim::{
-    socket_path, uuid_for, Behaviour, GuestPlan, Sim, SimConfig, SimEventKind,
-};
-use guest_heartbeat::wire::guest::{
-    decode_guest, ActionNotify, Challenge, Decoded, GuestMsg, HostMsg, InitAck,
-};
+use guest_heartbeat::sim::{socket_path, uuid_for, Behaviour, GuestPlan, Sim, SimConfig, SimEventKind};
+use guest_heartbeat::wire::guest::{decode_guest, ActionNotify, Challenge, Decoded, GuestMsg, HostMsg, InitAck};
 use guest_heartbeat::wire::vocab::{EventType, NotificationType};
 
 use crate::util::*;
@@ -38,9 +34,7 @@ fn attach(path: &std::path::Path) -> HostConn {
 }
 
 fn challenge(h: &mut HostConn, v: u32) -> Option<(String, String)> {
-    h.send(HostMsg::Challenge(Challenge {
-        heartbeat_challenge: v,
-    }));
+    h.send(HostMsg::Challenge(Challenge { heartbeat_challenge: v }));
     let deadline = Instant::now() + Duration::from_millis(1500);
     while let Some(m) = h.next_within(deadline.saturating_duration_since(Instant::now())) {
         if let GuestMsg::ChallengeResponse(r) = m {
@@ -71,23 +65,14 @@ fn binary_behaviours_seen_by_a_scripted_host() {
     let mut g: Vec<HostConn> = (0..4).map(|i| attach(&path(i))).collect();
 
     // Garbage: a non-JSON line and an over-long line precede the answer.
-    assert_eq!(
-        challenge(&mut g[0], 10),
-        Some(("healthy".into(), "reboot".into()))
-    );
+    assert_eq!(challenge(&mut g[0], 10), Some(("healthy".into(), "reboot".into())));
     let raws: Vec<Vec<u8>> = g[0].raw.try_iter().collect();
     assert!(raws.iter().any(|l| l == b"this is not json"));
     assert!(raws.iter().any(|l| l.len() == 5000));
     // Unhealthy with the scripted action.
-    assert_eq!(
-        challenge(&mut g[2], 11),
-        Some(("unhealthy".into(), "stop".into()))
-    );
+    assert_eq!(challenge(&mut g[2], 11), Some(("unhealthy".into(), "stop".into())));
     // Reject on a revocable notify, complete on an irrevocable one.
-    for (nt, want) in [
-        (NotificationType::Revocable, "reject"),
-        (NotificationType::Irrevocable, "complete"),
-    ] {
+    for (nt, want) in [(NotificationType::Revocable, "reject"), (NotificationType::Irrevocable, "complete")] {
         g[3].send(HostMsg::ActionNotify(ActionNotify {
             invocation_id: 1,
             event_type: EventType::Stop,
@@ -112,10 +97,7 @@ fn binary_behaviours_seen_by_a_scripted_host() {
     let guests = report["guests"].as_array().unwrap();
     assert_eq!(guests.len(), 4);
     assert_eq!(guests[3]["notifies_answered"], 2);
-    assert!(
-        guests[1]["challenges_received"].as_u64().unwrap()
-            > guests[1]["challenges_answered"].as_u64().unwrap()
-    );
+    assert!(guests[1]["challenges_received"].as_u64().unwrap() > guests[1]["challenges_answered"].as_u64().unwrap());
     assert_eq!(guests[0]["inits_sent"], 1);
     assert!(!path(0).exists(), "sockets removed at exit");
 }
@@ -154,13 +136,7 @@ fn runtime_behaviour_change_events_and_flapping() {
     let mut cfg = SimConfig::new(&dir.0, 2);
     cfg.events = true;
     cfg.flap_down = Duration::from_millis(300);
-    cfg.plans.push((
-        1,
-        GuestPlan {
-            flap_every: Some(Duration::from_secs(2)),
-            ..GuestPlan::default()
-        },
-    ));
+    cfg.plans.push((1, GuestPlan { flap_every: Some(Duration::from_secs(2)), ..GuestPlan::default() }));
     let sim = Sim::start(cfg).unwrap();
     let ev = sim.events().unwrap().clone();
     let mut h = attach(&sim.socket(0));

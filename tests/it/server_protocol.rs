@@ -235,10 +235,8 @@ fn vote_timeout_sends_the_implied_accept_even_while_heartbeating() {
     let sent = Instant::now();
     // Keep heartbeating but never answer the vote.
     let got = loop {
-        if let Some(c) = g.recv(Duration::from_millis(50)) {
-            if let HostMsg::Challenge(c) = c {
-                g.respond(c.heartbeat_challenge, "healthy", "reboot");
-            }
+        if let Some(HostMsg::Challenge(c)) = g.recv(Duration::from_millis(50)) {
+            g.respond(c.heartbeat_challenge, "healthy", "reboot");
         }
         if let Some(got) = agent.recv(Duration::from_millis(1)) {
             if got.cmd == cmd::VOTE_NOTIFY {

@@ -221,16 +221,12 @@ impl FakeAgent {
 
     /// The next envelope within `timeout`.
     pub fn recv(&self, timeout: Duration) -> Option<Got> {
-        let deadline = Instant::now() + timeout;
         let mut buf = [0u8; 2048];
-        loop {
-            let left = deadline.checked_duration_since(Instant::now())?;
-            self.sock.set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
-            let (n, _) = self.sock.recv_from(&mut buf).ok()?;
-            let env = Envelope::decode(&buf[..n]).unwrap();
-            let json = serde_json::from_slice(&env.payload).unwrap_or(Value::Null);
-            return Some(Got { cmd: env.cmd, json, len: n, at: Instant::now() });
-        }
+        self.sock.set_read_timeout(Some(timeout.max(Duration::from_millis(1)))).unwrap();
+        let (n, _) = self.sock.recv_from(&mut buf).ok()?;
+        let env = Envelope::decode(&buf[..n]).unwrap();
+        let json = serde_json::from_slice(&env.payload).unwrap_or(Value::Null);
+        Some(Got { cmd: env.cmd, json, len: n, at: Instant::now() })
     }
 
     /// Skips envelopes until one with `code` (and matching `pred`) arrives.

@@ -20,11 +20,8 @@ pub struct TempDir(pub PathBuf);
 impl TempDir {
     pub fn new(tag: &str) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "gh-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
+        let p =
+            std::env::temp_dir().join(format!("gh-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
@@ -84,12 +81,7 @@ impl HostConn {
                 }
             }
         });
-        HostConn {
-            stream,
-            rx,
-            seq: 0,
-            raw,
-        }
+        HostConn { stream, rx, seq: 0, raw }
     }
 
     pub fn send(&mut self, m: HostMsg) {
@@ -105,10 +97,7 @@ impl HostConn {
     pub fn expect<T>(&self, what: &str, mut f: impl FnMut(&GuestMsg) -> Option<T>) -> T {
         let deadline = Instant::now() + WAIT;
         loop {
-            let m = self
-                .rx
-                .recv_deadline(deadline)
-                .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+            let m = self.rx.recv_deadline(deadline).unwrap_or_else(|_| panic!("timed out waiting for {what}"));
             if let Some(t) = f(&m) {
                 return t;
             }
