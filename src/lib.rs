@@ -2,6 +2,7 @@
 //! domain (`server`), the guest-client domain (`guest`), the guest simulator
 //! (`sim`), process plumbing (`daemon`), and the binaries under `src/bin/`.
 
+pub mod bench;
 pub mod daemon;
 pub mod guest;
 pub mod ini;

@@ -124,7 +124,7 @@ impl Guest {
 
     fn emit(&self, kind: SimEventKind) {
         if let Some(tx) = &self.g.events {
-            let _ = tx.send(SimEvent { guest: self.g.index, kind });
+            let _ = tx.send(SimEvent { guest: self.g.index, kind, at: Instant::now() });
         }
     }
 

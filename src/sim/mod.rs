@@ -120,6 +120,9 @@ pub enum SimEventKind {
 pub struct SimEvent {
     pub guest: usize,
     pub kind: SimEventKind,
+    /// When the guest thread saw or did it (for timing measurements: the
+    /// stream may be read much later).
+    pub at: std::time::Instant,
 }
 
 /// Per-guest control messages.
