@@ -187,3 +187,50 @@ fn deeply_nested_json_is_malformed_not_a_crash() {
     let deep = "[".repeat(100_000);
     assert!(matches!(decode_guest(deep.as_bytes()), Decoded::Malformed(_)));
 }
+
+/// The challenge_response fast path never disagrees with the general decoder.
+#[test]
+fn fast_path_agrees_with_the_general_decoder() {
+    let cases: &[&[u8]] = &[
+        line(GOLDEN_RESPONSE),
+        br#"{"version":3,"revision":1,"msg_type":"challenge_response","sequence":1,"heartbeat_response":1,"heartbeat_health":"healthy","corrective_action":"log","log_msg":"x","extra":[1,{"a":null}]}"#,
+        br#"{"version":2,"revision":1,"msg_type":"challenge_response","sequence":1,"heartbeat_response":1,"heartbeat_health":"healthy","corrective_action":"log","log_msg":""}"#,
+        br#"{"version":4,"revision":9,"msg_type":"challenge_response","sequence":1,"heartbeat_response":1,"heartbeat_health":"unhealthy","corrective_action":"log","log_msg":"\u00e9\n"}"#,
+        br#"{"version":3,"revision":1,"msg_type":"challenge_response","sequence":1,"heartbeat_response":1,"heartbeat_response":2,"heartbeat_health":"healthy","corrective_action":"log","log_msg":""}"#,
+        br#"{"version":3,"revision":1,"msg_type":"challenge_response","sequence":1,"heartbeat_response":1.0,"heartbeat_health":"healthy","corrective_action":"log","log_msg":""}"#,
+        br#"{"version":3,"revision":1,"msg_type":"challenge_response","sequence":1,"heartbeat_response":4294967296,"heartbeat_health":"healthy","corrective_action":"log","log_msg":""}"#,
+        br#"{"version":3,"revision":1,"msg_type":"init","sequence":1,"heartbeat_response":1,"heartbeat_health":"healthy","corrective_action":"log","log_msg":""}"#,
+        br#"{"version":3,"revision":1,"msg_type":"challenge_response","sequence":1,"heartbeat_response":1,"heartbeat_health":"healthy","corrective_action":"log"}"#,
+        b"{\"version\":3,\"revision\":1,\"msg_type\":\"challenge_response\",\"sequence\":1,\"heartbeat_response\":1,\"heartbeat_health\":\"healthy\",\"corrective_action\":\"log\",\"log_msg\":\"a\x00\"}",
+        br#"{"version":3,"revision":1,"msg_type":"challenge_response","sequence":-1,"heartbeat_response":1,"heartbeat_health":"healthy","corrective_action":"log","log_msg":""}"#,
+        br#"[1,2]"#,
+        br#"null"#,
+    ];
+    for case in cases {
+        assert_eq!(decode_guest(case), decode_guest_general(case), "{}", String::from_utf8_lossy(case));
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn fast_path_agrees_on_arbitrary_fields(
+        version in proptest::prop_oneof![proptest::strategy::Just("3".to_string()), "-?[0-9]{1,11}(\\.[0-9])?", proptest::strategy::Just("\"3\"".to_string())],
+        response in "-?[0-9]{1,11}",
+        health in "[a-z\\\\\"é]{0,8}",
+        extra in proptest::bool::ANY,
+    ) {
+        let extra = if extra { r#","heartbeat_health":"x""# } else { "" };
+        let text = format!(
+            r#"{{"version":{version},"revision":1,"msg_type":"challenge_response","sequence":7,"heartbeat_response":{response},"heartbeat_health":"{health}","corrective_action":"log","log_msg":""{extra}}}"#
+        );
+        proptest::prop_assert_eq!(decode_guest(text.as_bytes()), decode_guest_general(text.as_bytes()));
+    }
+}
+
+#[test]
+fn challenge_fast_encoding_is_byte_identical_to_the_generic_frame() {
+    for (seq, value) in [(0, 0), (1, 1_576_872_650), (u32::MAX, 2_147_483_647)] {
+        let c = Challenge { heartbeat_challenge: value };
+        assert_eq!(encode_host(seq, &HostMsg::Challenge(c.clone())), frame("challenge", seq, &c));
+    }
+}
