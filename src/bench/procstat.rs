@@ -97,7 +97,11 @@ pub fn parse_stat_times(stat: &str) -> Option<(f64, f64)> {
 
 /// The first number after `key` in a `/proc/*/status` text.
 pub fn status_field(status: &str, key: &str) -> Option<u64> {
-    status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
 }
 
 /// Figures over the interval between two samples.

@@ -22,6 +22,7 @@ USAGE: guest-bench [OPTIONS]
   --window SECS        measurement window per case [default: 20]
   --settle SECS        pause between warm-up and window [default: 2]
   --silent K           guests silenced per case [default: N/20, 1..50]
+  --sim-nice N         nice value of the simulated guests' threads [default: 10]
   --server PATH        guestServer binary [default: next to this binary]
   --out FILE           JSON result [default: guest-bench.json]
   --doc FILE           Markdown file whose table is replaced [default: docs/PERFORMANCE.md]
@@ -35,6 +36,7 @@ struct Opts {
     window: Duration,
     settle: Duration,
     silent: Option<usize>,
+    sim_nice: i32,
     server: Option<PathBuf>,
     out: PathBuf,
     doc: Option<PathBuf>,
@@ -66,6 +68,7 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
         window: Duration::from_secs(20),
         settle: Duration::from_secs(2),
         silent: None,
+        sim_nice: 10,
         server: None,
         out: PathBuf::from("guest-bench.json"),
         doc: Some(PathBuf::from("docs/PERFORMANCE.md")),
@@ -93,6 +96,7 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
             "--window" => o.window = secs(&v, &flag)?,
             "--settle" => o.settle = secs(&v, &flag)?,
             "--silent" => o.silent = Some(v.parse().map_err(|_| format!("--silent: bad number {v:?}"))?),
+            "--sim-nice" => o.sim_nice = v.parse().map_err(|_| format!("--sim-nice: bad number {v:?}"))?,
             "--server" => o.server = Some(PathBuf::from(v)),
             "--out" => o.out = PathBuf::from(v),
             "--doc" => o.doc = Some(PathBuf::from(v)),
@@ -117,9 +121,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let server_bin = match opts.server.clone().or_else(|| {
-        std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join("guestServer")))
-    }) {
+    let server_bin = match opts
+        .server
+        .clone()
+        .or_else(|| std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join("guestServer"))))
+    {
         Some(p) => p,
         None => {
             eprintln!("guest-bench: cannot locate guestServer; pass --server");
@@ -151,6 +157,7 @@ fn main() -> ExitCode {
             silent: opts.silent.unwrap_or((guests / 20).clamp(1, 50)).min(guests),
             server_bin: server_bin.clone(),
             scratch: scratch.clone(),
+            sim_nice: opts.sim_nice,
         };
         eprintln!("guest-bench: case N={guests} I={interval_ms} ms ...");
         match case::run(&spec) {

@@ -6,6 +6,7 @@
 mod support;
 mod util;
 
+mod bench_smoke;
 mod guest_client;
 mod guest_sim;
 mod server_process;
