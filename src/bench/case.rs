@@ -35,6 +35,8 @@ pub struct CaseSpec {
     pub scratch: PathBuf,
     /// Nice value of the simulated guests' threads (0 = same as the daemon).
     pub sim_nice: i32,
+    /// Pin guestServer to CPU 0 and the sim to the other CPUs.
+    pub pin: bool,
 }
 
 /// The figures of one case (see docs/PERFORMANCE.md for definitions).
@@ -84,6 +86,7 @@ pub struct CaseResult {
     /// CPU of the bench process itself (sim + sink), % of a core.
     pub bench_cpu_pct_of_core: f64,
     pub sim_nice: i32,
+    pub pinned: bool,
     pub server_alive_at_end: bool,
 }
 
@@ -153,11 +156,13 @@ pub fn run(spec: &CaseSpec) -> Result<CaseResult, BenchError> {
     let sink = Sink::start()?;
     // The server first (it finds the sockets through its directory watch),
     // so it does not inherit the sim's lower priority.
-    let mut server = ServerProc::start(&spec.server_bin, &dir, &channels, sink.addr()?)?;
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let pin = spec.pin && cpus >= 2;
+    let mut server = ServerProc::start(&spec.server_bin, &dir, &channels, sink.addr()?, pin.then_some(0..1))?;
     let mut cfg = SimConfig::new(&channels, spec.guests);
     cfg.interval_ms = spec.interval_ms;
     cfg.events = true;
-    let sim = start_sim(cfg, spec.sim_nice)?;
+    let sim = start_sim(cfg, spec.sim_nice, pin.then_some(1..cpus))?;
     let simev = match sim.events() {
         Some(rx) => SimEvents::spawn(rx.clone())?,
         None => return Err(BenchError::Other("sim has no event stream".into())),
@@ -310,6 +315,7 @@ pub fn run(spec: &CaseSpec) -> Result<CaseResult, BenchError> {
         unexpected_events,
         bench_cpu_pct_of_core: 100.0 * bd.cpu_secs / bd.secs.max(1e-9),
         sim_nice: spec.sim_nice,
+        pinned: pin,
         server_alive_at_end,
     })
 }
@@ -320,10 +326,19 @@ pub fn run(spec: &CaseSpec) -> Result<CaseResult, BenchError> {
 /// guestServer) keep theirs. The guests stand in for VMs, which run on other
 /// cores in production; at a lower priority their wake-ups do not preempt the
 /// daemon being measured on this small machine.
-fn start_sim(cfg: SimConfig, nice: i32) -> Result<crate::sim::SimHandle, BenchError> {
+fn start_sim(
+    cfg: SimConfig,
+    nice: i32,
+    cpus: Option<std::ops::Range<usize>>,
+) -> Result<crate::sim::SimHandle, BenchError> {
     let t = std::thread::Builder::new()
         .name("bench-simstart".into())
         .spawn(move || {
+            if let Some(cpus) = cpus {
+                if let Err(e) = super::server::pin_current(cpus) {
+                    log::warn!("cannot pin the sim: {e}");
+                }
+            }
             if nice != 0 {
                 // SAFETY: setpriority on the calling thread (who = 0) has no memory-safety preconditions.
                 if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {

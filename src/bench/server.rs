@@ -4,6 +4,7 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,14 @@ pub const FAILURE_THRESHOLD: u32 = 1;
 
 impl ServerProc {
     /// Starts `bin` with channels in `channels` and events to `sink`.
-    pub fn start(bin: &Path, dir: &Path, channels: &Path, sink: SocketAddr) -> Result<Self, BenchError> {
+    /// `cpus`: pin the process to these CPUs.
+    pub fn start(
+        bin: &Path,
+        dir: &Path,
+        channels: &Path,
+        sink: SocketAddr,
+        cpus: Option<std::ops::Range<usize>>,
+    ) -> Result<Self, BenchError> {
         let port = UdpSocket::bind("127.0.0.1:0")
             .and_then(|s| s.local_addr())
             .map_err(|e| BenchError::Io("pick a UDP port".into(), e))?
@@ -35,7 +43,15 @@ impl ServerProc {
         std::fs::write(&ini, text).map_err(|e| BenchError::Io(ini.display().to_string(), e))?;
         let log = dir.join("guestServer.log");
         let log_file = std::fs::File::create(&log).map_err(|e| BenchError::Io(log.display().to_string(), e))?;
-        let child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        if let Some(cpus) = cpus {
+            // SAFETY: the closure only calls sched_setaffinity (async-signal-safe)
+            // on a stack-allocated cpu set; it allocates nothing.
+            unsafe {
+                cmd.pre_exec(move || pin_current(cpus.clone()));
+            }
+        }
+        let child = cmd
             .arg("-f")
             .arg("--config")
             .arg(&ini)
@@ -102,4 +118,21 @@ impl Drop for ServerProc {
 pub fn count_log(log: &Path, needle: &str, exclude: &[String]) -> u64 {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     text.lines().filter(|l| l.contains(needle) && !exclude.iter().any(|x| l.contains(x.as_str()))).count() as u64
+}
+
+/// Pins the calling thread (and the threads it spawns later) to `cpus`.
+pub fn pin_current(cpus: std::ops::Range<usize>) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for cpu in cpus {
+        // SAFETY: CPU_SET writes inside `set` for cpu < CPU_SETSIZE, checked here.
+        if cpu < libc::CPU_SETSIZE as usize {
+            unsafe { libc::CPU_SET(cpu, &mut set) };
+        }
+    }
+    // SAFETY: a valid cpu set of the size passed; pid 0 = the calling thread.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -23,6 +23,7 @@ USAGE: guest-bench [OPTIONS]
   --settle SECS        pause between warm-up and window [default: 2]
   --silent K           guests silenced per case [default: N/20, 1..50]
   --sim-nice N         nice value of the simulated guests' threads [default: 10]
+  --pin                pin guestServer to CPU 0 and the sim to the others
   --server PATH        guestServer binary [default: next to this binary]
   --out FILE           JSON result [default: guest-bench.json]
   --doc FILE           Markdown file whose table is replaced [default: docs/PERFORMANCE.md]
@@ -37,6 +38,7 @@ struct Opts {
     settle: Duration,
     silent: Option<usize>,
     sim_nice: i32,
+    pin: bool,
     server: Option<PathBuf>,
     out: PathBuf,
     doc: Option<PathBuf>,
@@ -69,6 +71,7 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
         settle: Duration::from_secs(2),
         silent: None,
         sim_nice: 10,
+        pin: false,
         server: None,
         out: PathBuf::from("guest-bench.json"),
         doc: Some(PathBuf::from("docs/PERFORMANCE.md")),
@@ -82,6 +85,10 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
                 o.cases = parse_cases("0:1000,20:400")?;
                 o.window = Duration::from_secs(6);
                 o.settle = Duration::from_secs(1);
+                continue;
+            }
+            "--pin" => {
+                o.pin = true;
                 continue;
             }
             "--no-doc" => {
@@ -158,6 +165,7 @@ fn main() -> ExitCode {
             server_bin: server_bin.clone(),
             scratch: scratch.clone(),
             sim_nice: opts.sim_nice,
+            pin: opts.pin,
         };
         eprintln!("guest-bench: case N={guests} I={interval_ms} ms ...");
         match case::run(&spec) {
