@@ -44,20 +44,13 @@ pub enum LogTarget {
 
 /// Parses a level name (error, warn, info, debug, trace, off).
 pub fn parse_level(s: &str) -> Result<LevelFilter, String> {
-    s.parse::<LevelFilter>()
-        .map_err(|_| format!("unknown log level {s:?} (use error, warn, info, debug or trace)"))
+    s.parse::<LevelFilter>().map_err(|_| format!("unknown log level {s:?} (use error, warn, info, debug or trace)"))
 }
 
 /// Installs the process logger once.
-pub fn init_logging(
-    ident: &str,
-    target: &LogTarget,
-    level: LevelFilter,
-) -> Result<(), DaemonError> {
+pub fn init_logging(ident: &str, target: &LogTarget, level: LevelFilter) -> Result<(), DaemonError> {
     let logger: Box<dyn Log> = match target {
-        LogTarget::Stderr => Box::new(StderrLogger {
-            ident: ident.to_string(),
-        }),
+        LogTarget::Stderr => Box::new(StderrLogger { ident: ident.to_string() }),
         LogTarget::Syslog | LogTarget::SyslogAt(_) => {
             let formatter = syslog::Formatter3164 {
                 facility: syslog::Facility::LOG_LOCAL5,
@@ -111,9 +104,7 @@ impl Log for StderrLogger {
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` from the system clock (log lines only).
 pub fn utc_timestamp() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let secs = now.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil-from-days (Howard Hinnant's algorithm), valid for all dates after 1970.
@@ -153,11 +144,7 @@ pub fn daemonize() -> Result<(), DaemonError> {
         libc::umask(0o022);
     }
     std::env::set_current_dir("/").map_err(DaemonError::Fork)?;
-    let devnull = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map_err(DaemonError::Fork)?;
+    let devnull = fs::OpenOptions::new().read(true).write(true).open("/dev/null").map_err(DaemonError::Fork)?;
     use std::os::fd::AsRawFd;
     for fd in 0..3 {
         // SAFETY: dup2 onto the standard descriptors with a valid open fd.
@@ -180,25 +167,16 @@ impl PidFile {
         if let Ok(text) = fs::read_to_string(path) {
             if let Ok(pid) = text.trim().parse::<i32>() {
                 if pid > 0 && pid != std::process::id() as i32 && process_alive(pid) {
-                    return Err(DaemonError::AlreadyRunning {
-                        path: path.to_path_buf(),
-                        pid,
-                    });
+                    return Err(DaemonError::AlreadyRunning { path: path.to_path_buf(), pid });
                 }
             }
         }
         if let Some(dir) = path.parent() {
             let _ = fs::create_dir_all(dir);
         }
-        write_atomic(path, format!("{}\n", std::process::id()).as_bytes()).map_err(|e| {
-            DaemonError::PidFile {
-                path: path.to_path_buf(),
-                source: e,
-            }
-        })?;
-        Ok(Self {
-            path: path.to_path_buf(),
-        })
+        write_atomic(path, format!("{}\n", std::process::id()).as_bytes())
+            .map_err(|e| DaemonError::PidFile { path: path.to_path_buf(), source: e })?;
+        Ok(Self { path: path.to_path_buf() })
     }
 }
 
@@ -217,18 +195,9 @@ fn process_alive(pid: i32) -> bool {
 /// Writes `bytes` to `path` atomically: temp file in the same directory,
 /// fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
     {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -240,11 +209,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// The health file text the originals write at start and on SIGUSR1.
 pub fn write_health_file(path: &Path, program: &str) -> io::Result<()> {
-    let text = format!(
-        "{program}: I'm healthy (pid {}) at {}\n",
-        std::process::id(),
-        utc_timestamp()
-    );
+    let text = format!("{program}: I'm healthy (pid {}) at {}\n", std::process::id(), utc_timestamp());
     write_atomic(path, text.as_bytes())
 }
 
@@ -265,17 +230,11 @@ mod tests {
         let path = dir.join("x.pid");
         // pid 1 is always alive.
         fs::write(&path, "1\n").unwrap();
-        assert!(matches!(
-            PidFile::create(&path),
-            Err(DaemonError::AlreadyRunning { pid: 1, .. })
-        ));
+        assert!(matches!(PidFile::create(&path), Err(DaemonError::AlreadyRunning { pid: 1, .. })));
         // A pid that cannot exist is stale.
         fs::write(&path, "2147483000\n").unwrap();
         let pid = PidFile::create(&path).unwrap();
-        assert_eq!(
-            fs::read_to_string(&path).unwrap().trim(),
-            std::process::id().to_string()
-        );
+        assert_eq!(fs::read_to_string(&path).unwrap().trim(), std::process::id().to_string());
         drop(pid);
         assert!(!path.exists());
         let _ = fs::remove_dir_all(&dir);

@@ -40,26 +40,11 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("{file}:{line}: {reason}")]
-    Syntax {
-        file: String,
-        line: usize,
-        reason: String,
-    },
+    Syntax { file: String, line: usize, reason: String },
     #[error("{file}:{line}: [{section}] {key} = {value:?}: {reason}")]
-    BadValue {
-        file: String,
-        line: usize,
-        section: String,
-        key: String,
-        value: String,
-        reason: String,
-    },
+    BadValue { file: String, line: usize, section: String, key: String, value: String, reason: String },
     #[error("{file}: missing required key [{section}] {key}")]
-    Missing {
-        file: String,
-        section: String,
-        key: String,
-    },
+    Missing { file: String, section: String, key: String },
     #[error("{flag}: {reason}")]
     BadFlag { flag: String, reason: String },
 }
@@ -67,17 +52,11 @@ pub enum ConfigError {
 impl Ini {
     /// Parses INI text from any reader; `source` names it in errors.
     pub fn parse_reader(reader: impl Read, source: &str) -> Result<Self, ConfigError> {
-        let mut ini = Ini {
-            source: source.to_string(),
-            entries: Vec::new(),
-        };
+        let mut ini = Ini { source: source.to_string(), entries: Vec::new() };
         let mut section = String::new();
         for (idx, line) in BufReader::new(reader).lines().enumerate() {
             let line_no = idx + 1;
-            let line = line.map_err(|e| ConfigError::Io {
-                file: source.to_string(),
-                source: e,
-            })?;
+            let line = line.map_err(|e| ConfigError::Io { file: source.to_string(), source: e })?;
             let text = strip_comment(&line).trim();
             if text.is_empty() {
                 continue;
@@ -108,19 +87,14 @@ impl Ini {
 
     /// Reads and parses a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let file = std::fs::File::open(path).map_err(|e| ConfigError::Io {
-            file: path.display().to_string(),
-            source: e,
-        })?;
+        let file =
+            std::fs::File::open(path).map_err(|e| ConfigError::Io { file: path.display().to_string(), source: e })?;
         Self::parse_reader(file, &path.display().to_string())
     }
 
     /// The last entry for `section`/`key`.
     pub fn get(&self, section: &str, key: &str) -> Option<&Entry> {
-        self.entries
-            .iter()
-            .rev()
-            .find(|e| e.section == section && e.key == key)
+        self.entries.iter().rev().find(|e| e.section == section && e.key == key)
     }
 
     /// Every entry of `section`, in file order.
@@ -136,33 +110,29 @@ impl Ini {
         let Some(e) = self.get(section, key) else {
             return Ok(None);
         };
-        let v: T = e
-            .value
-            .parse()
-            .map_err(|_| self.bad(e, "not a whole number"))?;
+        let range = || self.bad(e, &format!("out of range {min}..={max}"));
+        let v: T = match e.value.parse() {
+            Ok(v) => v,
+            // A whole number that does not fit the type is out of range.
+            Err(_) if e.value.parse::<i128>().is_ok() => return Err(range()),
+            Err(_) => return Err(self.bad(e, "not a whole number")),
+        };
         if v < min || v > max {
-            return Err(self.bad(e, &format!("out of range {min}..={max}")));
+            return Err(range());
         }
         Ok(Some(v))
     }
 
     /// A number that must be present.
-    pub fn required_num<T>(
-        &self,
-        section: &str,
-        key: &str,
-        min: T,
-        max: T,
-    ) -> Result<T, ConfigError>
+    pub fn required_num<T>(&self, section: &str, key: &str, min: T, max: T) -> Result<T, ConfigError>
     where
         T: FromStr + PartialOrd + std::fmt::Display + Copy,
     {
-        self.num(section, key, min, max)?
-            .ok_or_else(|| ConfigError::Missing {
-                file: self.source.clone(),
-                section: section.to_string(),
-                key: key.to_string(),
-            })
+        self.num(section, key, min, max)?.ok_or_else(|| ConfigError::Missing {
+            file: self.source.clone(),
+            section: section.to_string(),
+            key: key.to_string(),
+        })
     }
 
     /// A value parsed by `parse`, whose error text becomes the reason.
@@ -175,9 +145,7 @@ impl Ini {
         let Some(e) = self.get(section, key) else {
             return Ok(None);
         };
-        parse(&e.value)
-            .map(Some)
-            .map_err(|reason| self.bad(e, &reason))
+        parse(&e.value).map(Some).map_err(|reason| self.bad(e, &reason))
     }
 
     /// A boolean: 1/0, true/false, yes/no, on/off.
@@ -202,11 +170,7 @@ impl Ini {
     }
 
     fn syntax(&self, line: usize, reason: &str) -> ConfigError {
-        ConfigError::Syntax {
-            file: self.source.clone(),
-            line,
-            reason: reason.to_string(),
-        }
+        ConfigError::Syntax { file: self.source.clone(), line, reason: reason.to_string() }
     }
 }
 
@@ -239,16 +203,8 @@ mod tests {
     #[test]
     fn reads_the_shipped_file() {
         let ini = Ini::parse_reader(SHIPPED.as_bytes(), "guestServer.ini").unwrap();
-        assert_eq!(
-            ini.required_num::<u16>("agent", "rx_port", 1, 65535)
-                .unwrap(),
-            2401
-        );
-        assert_eq!(
-            ini.num::<u32>("client", "hbs_pulse_period", 0, 10_000)
-                .unwrap(),
-            Some(400)
-        );
+        assert_eq!(ini.required_num::<u16>("agent", "rx_port", 1, 65535).unwrap(), 2401);
+        assert_eq!(ini.num::<u32>("client", "hbs_pulse_period", 0, 10_000).unwrap(), Some(400));
         assert_eq!(ini.get("client", "rx_port").unwrap().line, 7);
         assert_eq!(ini.num::<u32>("client", "nothing", 0, 1).unwrap(), None);
     }
@@ -256,34 +212,19 @@ mod tests {
     #[test]
     fn bad_values_name_file_line_section_and_key() {
         let ini = Ini::parse_reader("[client]\n\nrx_port = 24x1\n".as_bytes(), "x.ini").unwrap();
-        let err = ini
-            .required_num::<u16>("client", "rx_port", 1, 65535)
-            .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "x.ini:3: [client] rx_port = \"24x1\": not a whole number"
-        );
+        let err = ini.required_num::<u16>("client", "rx_port", 1, 65535).unwrap_err();
+        assert_eq!(err.to_string(), "x.ini:3: [client] rx_port = \"24x1\": not a whole number");
         let ini = Ini::parse_reader("[client]\nrx_port = 0\n".as_bytes(), "x.ini").unwrap();
-        let err = ini
-            .required_num::<u16>("client", "rx_port", 1, 65535)
-            .unwrap_err();
+        let err = ini.required_num::<u16>("client", "rx_port", 1, 65535).unwrap_err();
         assert!(err.to_string().contains("out of range 1..=65535"), "{err}");
-        let err = ini
-            .required_num::<u16>("agent", "rx_port", 1, 65535)
-            .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "x.ini: missing required key [agent] rx_port"
-        );
+        let err = ini.required_num::<u16>("agent", "rx_port", 1, 65535).unwrap_err();
+        assert_eq!(err.to_string(), "x.ini: missing required key [agent] rx_port");
     }
 
     #[test]
     fn syntax_errors_name_the_line() {
         let err = Ini::parse_reader("[a]\nthis is not a pair\n".as_bytes(), "f").unwrap_err();
-        assert!(
-            err.to_string().starts_with("f:2: expected 'key = value'"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("f:2: expected 'key = value'"), "{err}");
         let err = Ini::parse_reader("[a\n".as_bytes(), "f").unwrap_err();
         assert!(err.to_string().starts_with("f:1: section header"), "{err}");
     }

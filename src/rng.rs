@@ -22,8 +22,7 @@ impl Rng {
     /// A generator seeded from `/dev/urandom`, falling back to time and pid.
     pub fn from_entropy() -> Self {
         let mut buf = [0u8; 8];
-        let from_kernel =
-            std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf));
+        let from_kernel = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf));
         let seed = match from_kernel {
             Ok(()) => u64::from_le_bytes(buf),
             Err(_) => {

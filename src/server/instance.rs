@@ -27,6 +27,12 @@ pub const MAX_BACKOFF_SECS: u32 = 60;
 pub const RECONNECT_AUDIT: Duration = Duration::from_secs(120);
 /// How long after a migration/suspend/reboot event challenges stay silenced (spec §6.6).
 pub const INIT_WAIT: Duration = Duration::from_secs(60);
+/// Longest guest name kept (the guest's own limit, spec §4.2).
+pub const MAX_NAME: usize = 64;
+/// Longest short string kept (corrective actions), so every payload fits the envelope.
+pub const MAX_VALUE: usize = 32;
+/// Longest guest log text kept.
+pub const MAX_LOG: usize = 224;
 /// Range `*_secs` values are clamped to (decisions §5).
 pub const SECS_RANGE: (u32, u32) = (1, 3600);
 
@@ -125,11 +131,7 @@ pub struct HbConfig {
 
 impl Default for HbConfig {
     fn default() -> Self {
-        Self {
-            pulse_period_ms: 400,
-            max_interval_ms: 60_000,
-            failure_threshold: 1,
-        }
+        Self { pulse_period_ms: 400, max_interval_ms: 60_000, failure_threshold: 1 }
     }
 }
 
@@ -147,16 +149,9 @@ pub struct Ctx<'a> {
 pub enum AgentEvent {
     Running,
     Stopped,
-    IllHealth {
-        action: String,
-    },
+    IllHealth { action: String },
     Loss,
-    VoteNotify {
-        notification_type: String,
-        event_type: String,
-        vote: String,
-        reason: String,
-    },
+    VoteNotify { notification_type: String, event_type: String, vote: String, reason: String },
 }
 
 /// Something the dispatcher must do for an instance.
@@ -223,10 +218,7 @@ impl Instance {
 
     /// The last 12 characters of the uuid plus the guest's name, for logs.
     pub fn tag(&self) -> String {
-        let short = self
-            .uuid
-            .get(self.uuid.len().saturating_sub(12)..)
-            .unwrap_or(&self.uuid);
+        let short = self.uuid.get(self.uuid.len().saturating_sub(12)..).unwrap_or(&self.uuid);
         if self.params.name.is_empty() {
             short.to_string()
         } else {
@@ -263,12 +255,7 @@ impl Instance {
     }
 
     /// The outcome of an [`Effect::Connect`].
-    pub fn on_connect(
-        &mut self,
-        outcome: ConnectOutcome,
-        ctx: &mut Ctx<'_>,
-        out: &mut Vec<Effect>,
-    ) {
+    pub fn on_connect(&mut self, outcome: ConnectOutcome, ctx: &mut Ctx<'_>, out: &mut Vec<Effect>) {
         match outcome {
             ConnectOutcome::Connected => {
                 // Connect DONE (spec §3.4), also for channels found at start-up (bug 12 fixed).
@@ -316,11 +303,7 @@ impl Instance {
     pub fn set_heartbeating(&mut self, on: bool, out: &mut Vec<Effect>) {
         if self.heartbeating != on {
             self.heartbeating = on;
-            out.push(Effect::Agent(if on {
-                AgentEvent::Running
-            } else {
-                AgentEvent::Stopped
-            }));
+            out.push(Effect::Agent(if on { AgentEvent::Running } else { AgentEvent::Stopped }));
             out.push(Effect::Persist);
         }
     }
@@ -356,27 +339,18 @@ impl Instance {
     /// A line the guest should be told about (spec §5.3 nack texts).
     pub fn nack(&self, text: String, out: &mut Vec<Effect>) {
         out.push(Effect::Warn(format!("nack: {text}")));
-        out.push(Effect::Guest(HostMsg::Nack(Nack {
-            invocation_id: self.params.invocation_id,
-            log_msg: text,
-        })));
+        out.push(Effect::Guest(HostMsg::Nack(Nack { invocation_id: self.params.invocation_id, log_msg: text })));
     }
 
     fn on_init(&mut self, init: Init, ctx: &mut Ctx<'_>, out: &mut Vec<Effect>) {
         if self.hb != HbState::WaitingInit {
             // Spec §6.3: drop it; the guest re-sends init every 5 s.
-            out.push(Effect::Warn(format!(
-                "unexpected 'init' message in {}",
-                self.hb.name()
-            )));
+            out.push(Effect::Warn(format!("unexpected 'init' message in {}", self.hb.name())));
             self.hb = HbState::WaitingInit;
             out.push(Effect::Cancel(TimerKind::Monitor));
             return;
         }
-        let (lo, hi) = (
-            ctx.cfg.pulse_period_ms,
-            ctx.cfg.max_interval_ms.max(ctx.cfg.pulse_period_ms),
-        );
+        let (lo, hi) = (ctx.cfg.pulse_period_ms, ctx.cfg.max_interval_ms.max(ctx.cfg.pulse_period_ms));
         let interval = init.heartbeat_interval_ms.clamp(lo, hi);
         if interval != init.heartbeat_interval_ms {
             out.push(Effect::Warn(format!(
@@ -386,7 +360,7 @@ impl Instance {
         }
         let secs = |v: u32| v.clamp(SECS_RANGE.0, SECS_RANGE.1);
         self.params = GuestParams {
-            name: init.name,
+            name: bounded(init.name, MAX_NAME),
             invocation_id: init.invocation_id,
             heartbeat_interval_ms: interval,
             vote_secs: secs(init.vote_secs),
@@ -394,15 +368,13 @@ impl Instance {
             suspend_notice_secs: secs(init.suspend_notice_secs),
             resume_notice_secs: secs(init.resume_notice_secs),
             restart_secs: secs(init.restart_secs),
-            corrective_action: init.corrective_action,
+            corrective_action: bounded(init.corrective_action, MAX_VALUE),
         };
         self.unhealthy_action = "unknown".to_string();
         out.push(Effect::Cancel(TimerKind::Init));
         out.push(Effect::Cancel(TimerKind::Readopt));
         out.push(Effect::Persist);
-        out.push(Effect::Guest(HostMsg::InitAck(InitAck {
-            invocation_id: init.invocation_id,
-        })));
+        out.push(Effect::Guest(HostMsg::InitAck(InitAck { invocation_id: init.invocation_id })));
         self.b2b_misses = 0;
         self.failed = false;
         self.send_challenge(ctx, out);
@@ -411,9 +383,7 @@ impl Instance {
     fn send_challenge(&mut self, ctx: &mut Ctx<'_>, out: &mut Vec<Effect>) {
         self.hb = HbState::WaitingResponse;
         self.challenge = ctx.rng.next_rand31();
-        out.push(Effect::Guest(HostMsg::Challenge(Challenge {
-            heartbeat_challenge: self.challenge,
-        })));
+        out.push(Effect::Guest(HostMsg::Challenge(Challenge { heartbeat_challenge: self.challenge })));
         out.push(Effect::Arm(TimerKind::Monitor, ctx.now + self.interval()));
     }
 
@@ -446,20 +416,17 @@ impl Instance {
             Health::Healthy => self.failed = false,
             health => {
                 if health != Health::Unhealthy {
-                    out.push(Effect::Warn(format!(
-                        "Invalid health reported: {}",
-                        r.heartbeat_health
-                    )));
+                    out.push(Effect::Warn(format!("Invalid health reported: {}", r.heartbeat_health)));
                 }
-                self.unhealthy_action = r.corrective_action.clone();
-                match r.corrective_action.as_str() {
+                let action = bounded(r.corrective_action, MAX_VALUE);
+                self.unhealthy_action = action.clone();
+                match action.as_str() {
                     "none" | "unknown" => out.push(Effect::Warn(format!(
                         "unhealthy ({}) with action '{}': not reporting",
-                        r.log_msg, r.corrective_action
+                        bounded(r.log_msg, MAX_LOG),
+                        action
                     ))),
-                    _ => out.push(Effect::Agent(AgentEvent::IllHealth {
-                        action: r.corrective_action,
-                    })),
+                    _ => out.push(Effect::Agent(AgentEvent::IllHealth { action })),
                 }
             }
         }
@@ -472,9 +439,7 @@ impl Instance {
             TimerKind::Connect => out.push(Effect::Connect),
             TimerKind::Reconnect => {
                 if !self.heartbeating && self.link == Link::Up {
-                    out.push(Effect::Warn(
-                        "issuing auto-reconnect ; no heartbeating".to_string(),
-                    ));
+                    out.push(Effect::Warn("issuing auto-reconnect ; no heartbeating".to_string()));
                     self.start_connect(out);
                 } else {
                     out.push(Effect::Arm(TimerKind::Reconnect, ctx.now + RECONNECT_AUDIT));
@@ -529,13 +494,9 @@ impl Instance {
         out.push(Effect::Cancel(TimerKind::Monitor));
         self.set_heartbeating(false, out);
         if !ctx.host_reporting {
-            out.push(Effect::Warn(
-                "heartbeat loss: host level reporting is disabled".to_string(),
-            ));
+            out.push(Effect::Warn("heartbeat loss: host level reporting is disabled".to_string()));
         } else if !self.reporting {
-            out.push(Effect::Warn(
-                "heartbeat loss: instance reporting is disabled".to_string(),
-            ));
+            out.push(Effect::Warn("heartbeat loss: instance reporting is disabled".to_string()));
         } else {
             self.failures += 1;
             out.push(Effect::Agent(AgentEvent::Loss));
@@ -552,18 +513,10 @@ impl Instance {
 
     /// When a vote or notification for `event` ends, silence challenges for 60 s
     /// if the VM is going away or moving (spec §6.6).
-    pub(super) fn schedule_init_timer(
-        &self,
-        event: EventType,
-        now: Instant,
-        out: &mut Vec<Effect>,
-    ) {
+    pub(super) fn schedule_init_timer(&self, event: EventType, now: Instant, out: &mut Vec<Effect>) {
         if matches!(
             event,
-            EventType::Suspend
-                | EventType::LiveMigrateBegin
-                | EventType::ColdMigrateBegin
-                | EventType::Reboot
+            EventType::Suspend | EventType::LiveMigrateBegin | EventType::ColdMigrateBegin | EventType::Reboot
         ) {
             out.push(Effect::Arm(TimerKind::Init, now + INIT_WAIT));
         }
@@ -595,6 +548,14 @@ impl Instance {
         };
         secs.saturating_mul(1000)
     }
+}
+
+/// `s` cut to at most `max` characters.
+pub fn bounded(mut s: String, max: usize) -> String {
+    if let Some((idx, _)) = s.char_indices().nth(max) {
+        s.truncate(idx);
+    }
+    s
 }
 
 #[cfg(test)]

@@ -28,17 +28,9 @@ impl Harness {
         }
     }
 
-    fn run(
-        &mut self,
-        f: impl FnOnce(&mut Instance, &mut Ctx<'_>, &mut Vec<Effect>),
-    ) -> Vec<Effect> {
+    fn run(&mut self, f: impl FnOnce(&mut Instance, &mut Ctx<'_>, &mut Vec<Effect>)) -> Vec<Effect> {
         let mut out = Vec::new();
-        let mut ctx = Ctx {
-            now: self.now,
-            host_reporting: self.host_reporting,
-            cfg: &self.cfg,
-            rng: &mut self.rng,
-        };
+        let mut ctx = Ctx { now: self.now, host_reporting: self.host_reporting, cfg: &self.cfg, rng: &mut self.rng };
         f(&mut self.inst, &mut ctx, &mut out);
         out
     }
@@ -92,27 +84,11 @@ fn init(interval: u32) -> Init {
 }
 
 fn agent_events(out: &[Effect]) -> Vec<AgentEvent> {
-    out.iter()
-        .filter_map(|e| {
-            if let Effect::Agent(a) = e {
-                Some(a.clone())
-            } else {
-                None
-            }
-        })
-        .collect()
+    out.iter().filter_map(|e| if let Effect::Agent(a) = e { Some(a.clone()) } else { None }).collect()
 }
 
 fn guest_msgs(out: &[Effect]) -> Vec<HostMsg> {
-    out.iter()
-        .filter_map(|e| {
-            if let Effect::Guest(m) = e {
-                Some(m.clone())
-            } else {
-                None
-            }
-        })
-        .collect()
+    out.iter().filter_map(|e| if let Effect::Guest(m) = e { Some(m.clone()) } else { None }).collect()
 }
 
 fn armed(out: &[Effect], kind: TimerKind) -> Option<Instant> {
@@ -135,10 +111,7 @@ fn connect_backoff_doubles_to_sixty_seconds_and_resets_on_success() {
     let out = h.run(|i, c, o| i.on_connect(ConnectOutcome::Connected, c, o));
     assert_eq!(h.inst.link, Link::Up);
     assert_eq!(h.inst.backoff_secs, 1);
-    assert_eq!(
-        armed(&out, TimerKind::Reconnect),
-        Some(h.now + RECONNECT_AUDIT)
-    );
+    assert_eq!(armed(&out, TimerKind::Reconnect), Some(h.now + RECONNECT_AUDIT));
 }
 
 #[test]
@@ -146,25 +119,14 @@ fn init_is_acked_and_challenged_at_once() {
     let mut h = Harness::new().connected();
     let out = h.guest(GuestMsg::Init(init(1000)));
     let msgs = guest_msgs(&out);
-    assert_eq!(
-        msgs[0],
-        HostMsg::InitAck(crate::wire::guest::InitAck { invocation_id: 42 })
-    );
-    let HostMsg::Challenge(c) = &msgs[1] else {
-        panic!("no challenge: {msgs:?}")
-    };
+    assert_eq!(msgs[0], HostMsg::InitAck(crate::wire::guest::InitAck { invocation_id: 42 }));
+    let HostMsg::Challenge(c) = &msgs[1] else { panic!("no challenge: {msgs:?}") };
     assert_eq!(c.heartbeat_challenge, h.inst.challenge);
     assert!(c.heartbeat_challenge <= 0x7fff_ffff);
     assert_eq!(h.inst.hb, HbState::WaitingResponse);
-    assert_eq!(
-        armed(&out, TimerKind::Monitor),
-        Some(h.now + Duration::from_millis(1000))
-    );
+    assert_eq!(armed(&out, TimerKind::Monitor), Some(h.now + Duration::from_millis(1000)));
     assert_eq!(h.inst.params.name, "vm1");
-    assert!(
-        agent_events(&out).is_empty(),
-        "init alone does not start heartbeating"
-    );
+    assert!(agent_events(&out).is_empty(), "init alone does not start heartbeating");
 }
 
 #[test]
@@ -177,10 +139,7 @@ fn healthy_response_starts_heartbeating_once_and_period_follows_interval() {
     h.advance(1000);
     let out = h.timer(TimerKind::Monitor);
     assert!(matches!(guest_msgs(&out)[..], [HostMsg::Challenge(_)]));
-    assert_eq!(
-        armed(&out, TimerKind::Monitor),
-        Some(h.now + Duration::from_millis(1000))
-    );
+    assert_eq!(armed(&out, TimerKind::Monitor), Some(h.now + Duration::from_millis(1000)));
     let out = h.answer("healthy", "reboot");
     assert!(agent_events(&out).is_empty(), "no second RUNNING");
 }
@@ -190,9 +149,7 @@ fn interval_is_clamped_to_pulse_period_and_ceiling_and_secs_to_range() {
     let mut h = Harness::new().connected();
     let out = h.guest(GuestMsg::Init(init(100)));
     assert_eq!(h.inst.params.heartbeat_interval_ms, 400);
-    assert!(out
-        .iter()
-        .any(|e| matches!(e, Effect::Warn(w) if w.contains("clamped"))));
+    assert!(out.iter().any(|e| matches!(e, Effect::Warn(w) if w.contains("clamped"))));
     h.inst.hb = HbState::WaitingInit;
     let mut big = init(u32::MAX);
     big.vote_secs = 0;
@@ -213,29 +170,16 @@ fn loss_after_more_than_threshold_misses_timed_from_first_unanswered_challenge()
     h.advance(1000);
     let out = h.timer(TimerKind::Monitor);
     assert_eq!(h.inst.b2b_misses, 1);
-    assert!(
-        matches!(guest_msgs(&out)[..], [HostMsg::Challenge(_)]),
-        "miss 1 of 1: challenge again"
-    );
+    assert!(matches!(guest_msgs(&out)[..], [HostMsg::Challenge(_)]), "miss 1 of 1: challenge again");
     assert!(agent_events(&out).is_empty());
     h.advance(1000);
     let out = h.timer(TimerKind::Monitor);
-    assert_eq!(
-        h.now - t0,
-        Duration::from_millis(2000),
-        "(threshold + 1) x interval"
-    );
-    assert_eq!(
-        agent_events(&out),
-        vec![AgentEvent::Stopped, AgentEvent::Loss]
-    );
+    assert_eq!(h.now - t0, Duration::from_millis(2000), "(threshold + 1) x interval");
+    assert_eq!(agent_events(&out), vec![AgentEvent::Stopped, AgentEvent::Loss]);
     assert!(h.inst.failed && !h.inst.heartbeating);
     assert_eq!(h.inst.hb, HbState::WaitingInit);
     assert_eq!(h.inst.failures, 1);
-    assert!(
-        armed(&out, TimerKind::Monitor).is_none(),
-        "challenges stop after a loss"
-    );
+    assert!(armed(&out, TimerKind::Monitor).is_none(), "challenges stop after a loss");
 }
 
 #[test]
@@ -245,10 +189,7 @@ fn threshold_zero_makes_the_first_miss_a_loss() {
     h.inst.reporting = true;
     h.timer(TimerKind::Monitor);
     let out = h.timer(TimerKind::Monitor);
-    assert_eq!(
-        agent_events(&out),
-        vec![AgentEvent::Stopped, AgentEvent::Loss]
-    );
+    assert_eq!(agent_events(&out), vec![AgentEvent::Stopped, AgentEvent::Loss]);
 }
 
 #[test]
@@ -286,22 +227,15 @@ fn mismatched_response_is_a_miss_at_the_deadline_and_late_response_is_ignored() 
         corrective_action: "none".into(),
         log_msg: String::new(),
     }));
-    assert!(out
-        .iter()
-        .any(|e| matches!(e, Effect::Warn(w) if w.contains("mismatch"))));
+    assert!(out.iter().any(|e| matches!(e, Effect::Warn(w) if w.contains("mismatch"))));
     assert_eq!(h.inst.hb, HbState::WaitingResponse);
     h.timer(TimerKind::Monitor);
     assert_eq!(h.inst.b2b_misses, 1);
     h.answer("healthy", "none");
     let out = h.answer("healthy", "none");
-    assert!(out
-        .iter()
-        .any(|e| matches!(e, Effect::Warn(w) if w.contains("late"))));
+    assert!(out.iter().any(|e| matches!(e, Effect::Warn(w) if w.contains("late"))));
     h.timer(TimerKind::Monitor);
-    assert_eq!(
-        h.inst.b2b_misses, 0,
-        "a good interval resets the miss count"
-    );
+    assert_eq!(h.inst.b2b_misses, 0, "a good interval resets the miss count");
 }
 
 #[test]
@@ -309,15 +243,7 @@ fn unhealthy_response_reports_illhealth_with_the_guests_action() {
     let mut h = Harness::new().connected();
     h.guest(GuestMsg::Init(init(1000)));
     let out = h.answer("unhealthy", "stop");
-    assert_eq!(
-        agent_events(&out),
-        vec![
-            AgentEvent::Running,
-            AgentEvent::IllHealth {
-                action: "stop".into()
-            }
-        ]
-    );
+    assert_eq!(agent_events(&out), vec![AgentEvent::Running, AgentEvent::IllHealth { action: "stop".into() }]);
     assert_eq!(h.inst.unhealthy_action, "stop");
     assert_eq!(h.inst.info("h", Some("stop")).repair_action, "stop");
     assert_eq!(h.inst.info("h", None).repair_action, "reboot");
@@ -326,15 +252,8 @@ fn unhealthy_response_reports_illhealth_with_the_guests_action() {
     assert!(agent_events(&out).is_empty(), "action none is not reported");
     h.timer(TimerKind::Monitor);
     let out = h.answer("sick", "reboot");
-    assert!(out
-        .iter()
-        .any(|e| matches!(e, Effect::Warn(w) if w.contains("Invalid health"))));
-    assert_eq!(
-        agent_events(&out),
-        vec![AgentEvent::IllHealth {
-            action: "reboot".into()
-        }]
-    );
+    assert!(out.iter().any(|e| matches!(e, Effect::Warn(w) if w.contains("Invalid health"))));
+    assert_eq!(agent_events(&out), vec![AgentEvent::IllHealth { action: "reboot".into() }]);
 }
 
 #[test]
@@ -350,9 +269,7 @@ fn unexpected_init_is_dropped_and_the_retry_is_accepted() {
 #[test]
 fn exit_stops_heartbeating() {
     let mut h = Harness::new().connected().heartbeating();
-    let out = h.guest(GuestMsg::Exit(Exit {
-        log_msg: "Exiting...".into(),
-    }));
+    let out = h.guest(GuestMsg::Exit(Exit { log_msg: "Exiting...".into() }));
     assert_eq!(agent_events(&out), vec![AgentEvent::Stopped]);
     assert_eq!(h.inst.hb, HbState::WaitingInit);
     assert!(out.contains(&Effect::Cancel(TimerKind::Monitor)));
@@ -363,10 +280,7 @@ fn channel_close_emits_stopped_and_reconnects_after_one_second() {
     let mut h = Harness::new().connected().heartbeating();
     let out = h.run(|i, c, o| i.on_closed(c, o));
     assert_eq!(agent_events(&out), vec![AgentEvent::Stopped]);
-    assert_eq!(
-        armed(&out, TimerKind::Connect),
-        Some(h.now + Duration::from_secs(1))
-    );
+    assert_eq!(armed(&out, TimerKind::Connect), Some(h.now + Duration::from_secs(1)));
     assert_eq!(h.inst.link, Link::Connecting);
 }
 
@@ -398,10 +312,7 @@ fn reconnect_audit_reopens_a_connected_channel_that_is_not_heartbeating() {
     assert!(out.contains(&Effect::Close) && out.contains(&Effect::Connect));
     let mut h = Harness::new().connected().heartbeating();
     let out = h.timer(TimerKind::Reconnect);
-    assert_eq!(
-        armed(&out, TimerKind::Reconnect),
-        Some(h.now + RECONNECT_AUDIT)
-    );
+    assert_eq!(armed(&out, TimerKind::Reconnect), Some(h.now + RECONNECT_AUDIT));
     assert!(!out.contains(&Effect::Close));
 }
 
@@ -409,14 +320,9 @@ fn reconnect_audit_reopens_a_connected_channel_that_is_not_heartbeating() {
 fn vote_sends_action_notify_with_vote_timeout_and_forwards_the_reply() {
     let mut h = Harness::new().connected().heartbeating();
     let out = h.run(|i, c, o| i.start_action(NotificationType::Revocable, EventType::Stop, c, o));
-    let HostMsg::ActionNotify(n) = &guest_msgs(&out)[0] else {
-        panic!("{out:?}")
-    };
+    let HostMsg::ActionNotify(n) = &guest_msgs(&out)[0] else { panic!("{out:?}") };
     assert_eq!((n.invocation_id, n.timeout_ms), (42, 9000));
-    assert_eq!(
-        armed(&out, TimerKind::Vote),
-        Some(h.now + Duration::from_millis(9000))
-    );
+    assert_eq!(armed(&out, TimerKind::Vote), Some(h.now + Duration::from_millis(9000)));
     let out = h.guest(GuestMsg::ActionResponse(ActionResponse {
         invocation_id: 42,
         event_type: "stop".into(),
@@ -447,24 +353,16 @@ fn notification_timeouts_follow_the_event_and_the_timer_matches() {
         (EventType::Unknown, 9000),
     ] {
         let out = h.run(|i, c, o| i.start_action(NotificationType::Irrevocable, event, c, o));
-        let HostMsg::ActionNotify(n) = &guest_msgs(&out)[0] else {
-            panic!()
-        };
+        let HostMsg::ActionNotify(n) = &guest_msgs(&out)[0] else { panic!() };
         assert_eq!(n.timeout_ms, ms, "{event}");
-        assert_eq!(
-            armed(&out, TimerKind::Vote),
-            Some(h.now + Duration::from_millis(ms.into()))
-        );
+        assert_eq!(armed(&out, TimerKind::Vote), Some(h.now + Duration::from_millis(ms.into())));
     }
 }
 
 #[test]
 fn vote_timeout_sends_the_implied_result_every_time() {
     let mut h = Harness::new().connected().heartbeating();
-    for (ntype, expect) in [
-        (NotificationType::Revocable, "accept"),
-        (NotificationType::Irrevocable, "complete"),
-    ] {
+    for (ntype, expect) in [(NotificationType::Revocable, "accept"), (NotificationType::Irrevocable, "complete")] {
         h.run(|i, c, o| i.start_action(ntype, EventType::Stop, c, o));
         h.timer(TimerKind::Monitor); // heartbeat traffic in between does not matter
         let out = h.timer(TimerKind::Vote);
@@ -474,10 +372,7 @@ fn vote_timeout_sends_the_implied_result_every_time() {
             "{events:?}"
         );
     }
-    assert!(
-        h.timer(TimerKind::Vote).is_empty(),
-        "no vote pending, nothing sent"
-    );
+    assert!(h.timer(TimerKind::Vote).is_empty(), "no vote pending, nothing sent");
 }
 
 #[test]
@@ -492,9 +387,7 @@ fn wrong_invocation_id_is_nacked_and_not_forwarded() {
         log_msg: String::new(),
     }));
     assert!(agent_events(&out).is_empty());
-    let HostMsg::Nack(n) = &guest_msgs(&out)[0] else {
-        panic!()
-    };
+    let HostMsg::Nack(n) = &guest_msgs(&out)[0] else { panic!() };
     assert_eq!(n.log_msg, "Invocation id mismatch. Received: 7 expect: 42");
     assert!(h.inst.vote.is_some());
 }
@@ -502,22 +395,12 @@ fn wrong_invocation_id_is_nacked_and_not_forwarded() {
 #[test]
 fn migration_and_reboot_silence_challenges_for_sixty_seconds() {
     let mut h = Harness::new().connected().heartbeating();
-    h.run(|i, c, o| {
-        i.start_action(
-            NotificationType::Irrevocable,
-            EventType::LiveMigrateBegin,
-            c,
-            o,
-        )
-    });
+    h.run(|i, c, o| i.start_action(NotificationType::Irrevocable, EventType::LiveMigrateBegin, c, o));
     let out = h.timer(TimerKind::Vote);
     assert_eq!(armed(&out, TimerKind::Init), Some(h.now + INIT_WAIT));
     h.timer(TimerKind::Init);
     assert_eq!(h.inst.hb, HbState::WaitingInit);
-    assert!(
-        h.timer(TimerKind::Monitor).is_empty(),
-        "no challenge, no miss"
-    );
+    assert!(h.timer(TimerKind::Monitor).is_empty(), "no challenge, no miss");
     let out = h.guest(GuestMsg::Init(init(1000)));
     assert!(out.contains(&Effect::Cancel(TimerKind::Init)));
 }
@@ -545,12 +428,9 @@ fn pause_accept_stops_challenges_and_suspend_complete_reconnects() {
 #[test]
 fn resume_on_a_channel_that_is_not_heartbeating_reconnects_first() {
     let mut h = Harness::new().connected();
-    let out =
-        h.run(|i, c, o| i.start_action(NotificationType::Irrevocable, EventType::Resume, c, o));
+    let out = h.run(|i, c, o| i.start_action(NotificationType::Irrevocable, EventType::Resume, c, o));
     assert!(out.contains(&Effect::Connect));
-    assert!(guest_msgs(&out)
-        .iter()
-        .any(|m| matches!(m, HostMsg::ActionNotify(_))));
+    assert!(guest_msgs(&out).iter().any(|m| matches!(m, HostMsg::ActionNotify(_))));
 }
 
 #[test]
@@ -560,16 +440,10 @@ fn restored_heartbeating_guest_that_never_reinits_is_a_loss() {
     h.inst.reporting = true;
     let mut out = Vec::new();
     h.inst.restored(h.now + Duration::from_secs(8), &mut out);
-    assert_eq!(
-        armed(&out, TimerKind::Readopt),
-        Some(h.now + Duration::from_secs(8))
-    );
+    assert_eq!(armed(&out, TimerKind::Readopt), Some(h.now + Duration::from_secs(8)));
     h.run(|i, c, o| i.on_connect(ConnectOutcome::Connected, c, o));
     let out = h.timer(TimerKind::Readopt);
-    assert_eq!(
-        agent_events(&out),
-        vec![AgentEvent::Stopped, AgentEvent::Loss]
-    );
+    assert_eq!(agent_events(&out), vec![AgentEvent::Stopped, AgentEvent::Loss]);
 }
 
 #[test]
@@ -580,8 +454,5 @@ fn restored_guest_that_reinits_is_not_a_loss() {
     let out = h.guest(GuestMsg::Init(init(1000)));
     assert!(out.contains(&Effect::Cancel(TimerKind::Readopt)));
     let out = h.answer("healthy", "none");
-    assert!(
-        agent_events(&out).is_empty(),
-        "still heartbeating: no RUNNING flap"
-    );
+    assert!(agent_events(&out).is_empty(), "still heartbeating: no RUNNING flap");
 }

@@ -1,5 +1,14 @@
-//! The guestServer domain: per-instance state machines, the dispatcher that
-//! owns them, discovery, the agent link, the state file and the status API.
+//! The guestServer domain: per-instance state machines (`instance`, `vote`),
+//! the dispatcher that owns them (`dispatcher`, `slots`, `agent_link`,
+//! `status`), settings, discovery, metrics and the restart state file.
 
+pub mod agent_link;
+pub mod config;
+pub mod discovery;
+pub mod dispatcher;
 pub mod instance;
+pub mod metrics;
+pub mod slots;
+pub mod statefile;
+pub mod status;
 pub mod vote;

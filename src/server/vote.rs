@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::wire::guest::{ActionNotify, ActionResponse, HostMsg};
 use crate::wire::vocab::{EventType, NotificationType, VoteResult};
 
-use super::instance::{AgentEvent, Ctx, Effect, HbState, Instance, Link, TimerKind};
+use super::instance::{bounded, AgentEvent, Ctx, Effect, HbState, Instance, Link, TimerKind, MAX_LOG, MAX_VALUE};
 
 /// The outstanding vote or notification (the original's `vnState`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,11 +33,7 @@ impl Instance {
         }
         let timeout_ms = self.action_timeout_ms(notification_type, event);
         // A new request replaces an outstanding one (spec §7.2).
-        self.vote = Some(PendingVote {
-            event,
-            notification_type,
-            timeout_ms,
-        });
+        self.vote = Some(PendingVote { event, notification_type, timeout_ms });
         out.push(Effect::Guest(HostMsg::ActionNotify(ActionNotify {
             invocation_id: self.params.invocation_id,
             event_type: event,
@@ -50,18 +46,10 @@ impl Instance {
     }
 
     /// The guest's `action_response` (spec §7.3).
-    pub(super) fn on_action_response(
-        &mut self,
-        r: ActionResponse,
-        ctx: &mut Ctx<'_>,
-        out: &mut Vec<Effect>,
-    ) {
+    pub(super) fn on_action_response(&mut self, r: ActionResponse, ctx: &mut Ctx<'_>, out: &mut Vec<Effect>) {
         if r.invocation_id != self.params.invocation_id {
             self.nack(
-                format!(
-                    "Invocation id mismatch. Received: {} expect: {}",
-                    r.invocation_id, self.params.invocation_id
-                ),
+                format!("Invocation id mismatch. Received: {} expect: {}", r.invocation_id, self.params.invocation_id),
                 out,
             );
             return;
@@ -69,19 +57,18 @@ impl Instance {
         let event = EventType::parse(&r.event_type);
         let result = VoteResult::parse(&r.vote_result);
         self.schedule_init_timer(event, ctx.now, out);
-        if event == EventType::Pause && matches!(result, VoteResult::Accept | VoteResult::Complete)
-        {
+        if event == EventType::Pause && matches!(result, VoteResult::Accept | VoteResult::Complete) {
             self.hb = HbState::WaitingInit;
             out.push(Effect::Cancel(TimerKind::Monitor));
         }
         self.vote = None;
         out.push(Effect::Cancel(TimerKind::Vote));
         self.send_result(
-            r.notification_type,
-            r.event_type,
+            bounded(r.notification_type, MAX_VALUE),
+            bounded(r.event_type, MAX_VALUE),
             result,
-            r.vote_result.clone(),
-            r.log_msg,
+            bounded(r.vote_result, MAX_VALUE),
+            bounded(r.log_msg, MAX_LOG),
             out,
         );
     }
@@ -120,11 +107,6 @@ impl Instance {
             // The VM is suspended: drop the channel and reconnect when it resumes.
             self.start_connect(out);
         }
-        out.push(Effect::Agent(AgentEvent::VoteNotify {
-            notification_type,
-            event_type,
-            vote,
-            reason,
-        }));
+        out.push(Effect::Agent(AgentEvent::VoteNotify { notification_type, event_type, vote, reason }));
     }
 }

@@ -74,11 +74,7 @@ pub enum EnvelopeError {
 impl Envelope {
     /// An envelope with an all-zero header (what guestServer sends).
     pub fn new(cmd: u32, payload: Vec<u8>) -> Self {
-        Self {
-            hdr: [0; HDR_LEN],
-            cmd,
-            payload,
-        }
+        Self { hdr: [0; HDR_LEN], cmd, payload }
     }
 
     /// An envelope whose header starts with `signature` (NUL-terminated).
@@ -129,11 +125,7 @@ impl Envelope {
         cmd.copy_from_slice(&bytes[CMD_OFFSET..CMD_OFFSET + 4]);
         let buf = &bytes[BUF_OFFSET..];
         let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-        Ok(Self {
-            hdr,
-            cmd: u32::from_le_bytes(cmd),
-            payload: buf[..end].to_vec(),
-        })
+        Ok(Self { hdr, cmd: u32::from_le_bytes(cmd), payload: buf[..end].to_vec() })
     }
 }
 
@@ -143,10 +135,7 @@ mod tests {
 
     #[test]
     fn full_form_is_1060_bytes_with_cmd_at_72_and_json_at_100() {
-        let env = Envelope::new(
-            cmd::HEARTBEAT_LOSS,
-            br#"{"hostname":"h","uuid":"u"}"#.to_vec(),
-        );
+        let env = Envelope::new(cmd::HEARTBEAT_LOSS, br#"{"hostname":"h","uuid":"u"}"#.to_vec());
         let bytes = env.encode_full().unwrap();
         assert_eq!(bytes.len(), 1060);
         assert!(bytes[..72].iter().all(|b| *b == 0));
@@ -158,11 +147,7 @@ mod tests {
 
     #[test]
     fn short_form_is_header_plus_strlen() {
-        let env = Envelope::signed(
-            SIG_GUEST,
-            cmd::QRY_INST,
-            br#"{"source":"1.2.3.4"}"#.to_vec(),
-        );
+        let env = Envelope::signed(SIG_GUEST, cmd::QRY_INST, br#"{"source":"1.2.3.4"}"#.to_vec());
         let bytes = env.encode_short().unwrap();
         assert_eq!(bytes.len(), 100 + 20);
         assert_eq!(&bytes[..18], b"guest msg header:\0");
@@ -174,14 +159,8 @@ mod tests {
 
     #[test]
     fn rejects_short_and_long_datagrams_and_payloads() {
-        assert_eq!(
-            Envelope::decode(&[0; 99]),
-            Err(EnvelopeError::Truncated(99))
-        );
-        assert_eq!(
-            Envelope::decode(&[0; 1061]),
-            Err(EnvelopeError::Oversized(1061))
-        );
+        assert_eq!(Envelope::decode(&[0; 99]), Err(EnvelopeError::Truncated(99)));
+        assert_eq!(Envelope::decode(&[0; 1061]), Err(EnvelopeError::Oversized(1061)));
         let env = Envelope::new(1, vec![b'x'; 960]);
         assert_eq!(env.encode_full(), Err(EnvelopeError::PayloadTooLong(960)));
         assert!(Envelope::new(1, vec![b'x'; 959]).encode_full().is_ok());

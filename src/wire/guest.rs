@@ -156,13 +156,7 @@ struct Framed<'a, T: Serialize> {
 }
 
 fn frame<T: Serialize>(msg_type: &str, sequence: u32, body: &T) -> Vec<u8> {
-    let framed = Framed {
-        version: VERSION,
-        revision: REVISION,
-        msg_type,
-        sequence,
-        body,
-    };
+    let framed = Framed { version: VERSION, revision: REVISION, msg_type, sequence, body };
     let mut out = Vec::with_capacity(256);
     out.push(b'\n');
     // Serialising these plain structs of strings and integers into a Vec
@@ -186,9 +180,7 @@ pub fn decode_guest(line: &[u8]) -> Decoded<GuestMsg> {
         "challenge_response" => challenge_response(&m),
         "action_response" => action_response(&m),
         // The server does not parse the body of `exit` (spec §5.3).
-        "exit" => Ok(GuestMsg::Exit(Exit {
-            log_msg: field(&m, "log_msg").unwrap_or_default(),
-        })),
+        "exit" => Ok(GuestMsg::Exit(Exit { log_msg: field(&m, "log_msg").unwrap_or_default() })),
         other => Err(format!("unsupported message type: {other}")),
     };
     match msg {
@@ -206,20 +198,12 @@ pub fn decode_host(line: &[u8]) -> Decoded<HostMsg> {
         Err(d) => return d,
     };
     let msg = match msg_type.as_str() {
-        "init_ack" => field(&m, "invocation_id")
-            .map(|invocation_id| HostMsg::InitAck(InitAck { invocation_id })),
-        "challenge" => field(&m, "heartbeat_challenge").map(|heartbeat_challenge| {
-            HostMsg::Challenge(Challenge {
-                heartbeat_challenge,
-            })
-        }),
+        "init_ack" => field(&m, "invocation_id").map(|invocation_id| HostMsg::InitAck(InitAck { invocation_id })),
+        "challenge" => field(&m, "heartbeat_challenge")
+            .map(|heartbeat_challenge| HostMsg::Challenge(Challenge { heartbeat_challenge })),
         "action_notify" => action_notify(&m),
-        "nack" => field(&m, "log_msg").map(|log_msg| {
-            HostMsg::Nack(Nack {
-                invocation_id: field(&m, "invocation_id").unwrap_or(0),
-                log_msg,
-            })
-        }),
+        "nack" => field(&m, "log_msg")
+            .map(|log_msg| HostMsg::Nack(Nack { invocation_id: field(&m, "invocation_id").unwrap_or(0), log_msg })),
         other => Err(format!("unsupported message type: {other}")),
     };
     match msg {
@@ -296,22 +280,12 @@ fn header<M>(line: &[u8]) -> Result<HeaderParts, Decoded<M>> {
     };
     let version: u32 = field(&map, "version").map_err(Decoded::Nack)?;
     if version < VERSION {
-        return Err(Decoded::Nack(format!(
-            "Bad version: {version}, expect version: {VERSION}"
-        )));
+        return Err(Decoded::Nack(format!("Bad version: {version}, expect version: {VERSION}")));
     }
     let revision: u32 = field(&map, "revision").map_err(Decoded::Nack)?;
     let msg_type: String = field(&map, "msg_type").map_err(Decoded::Nack)?;
     let sequence: u32 = field(&map, "sequence").map_err(Decoded::Nack)?;
-    Ok((
-        Header {
-            version,
-            revision,
-            sequence,
-        },
-        msg_type,
-        map,
-    ))
+    Ok((Header { version, revision, sequence }, msg_type, map))
 }
 
 /// Reads one key as `T` through serde; any failure is the nack text

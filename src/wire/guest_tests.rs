@@ -30,15 +30,8 @@ fn golden_init() -> Init {
 
 #[test]
 fn decodes_golden_guest_frames() {
-    let hdr = |sequence| Header {
-        version: 3,
-        revision: 1,
-        sequence,
-    };
-    assert_eq!(
-        decode_guest(line(GOLDEN_INIT)),
-        Decoded::Msg(hdr(1), GuestMsg::Init(golden_init()))
-    );
+    let hdr = |sequence| Header { version: 3, revision: 1, sequence };
+    assert_eq!(decode_guest(line(GOLDEN_INIT)), Decoded::Msg(hdr(1), GuestMsg::Init(golden_init())));
     assert_eq!(
         decode_guest(line(GOLDEN_RESPONSE)),
         Decoded::Msg(
@@ -51,68 +44,35 @@ fn decodes_golden_guest_frames() {
             })
         )
     );
-    let Decoded::Msg(_, GuestMsg::ActionResponse(r)) = decode_guest(line(GOLDEN_ACTION_RESPONSE))
-    else {
+    let Decoded::Msg(_, GuestMsg::ActionResponse(r)) = decode_guest(line(GOLDEN_ACTION_RESPONSE)) else {
         panic!("not an action_response");
     };
     assert_eq!(r.vote_result, "reject");
-    assert_eq!(
-        r.log_msg,
-        "File /etc/guest-client/flags/vote_no_to_stop exists. "
-    );
+    assert_eq!(r.log_msg, "File /etc/guest-client/flags/vote_no_to_stop exists. ");
     assert_eq!(
         decode_guest(line(GOLDEN_EXIT)),
-        Decoded::Msg(
-            hdr(18),
-            GuestMsg::Exit(Exit {
-                log_msg: "Exiting...".into()
-            })
-        )
+        Decoded::Msg(hdr(18), GuestMsg::Exit(Exit { log_msg: "Exiting...".into() }))
     );
 }
 
 #[test]
 fn guest_encoding_reproduces_golden_frames_byte_for_byte() {
-    assert_eq!(
-        encode_guest(1, &GuestMsg::Init(golden_init())),
-        GOLDEN_INIT.as_bytes()
-    );
-    assert_eq!(
-        encode_guest(
-            18,
-            &GuestMsg::Exit(Exit {
-                log_msg: "Exiting...".into()
-            })
-        ),
-        GOLDEN_EXIT.as_bytes()
-    );
+    assert_eq!(encode_guest(1, &GuestMsg::Init(golden_init())), GOLDEN_INIT.as_bytes());
+    assert_eq!(encode_guest(18, &GuestMsg::Exit(Exit { log_msg: "Exiting...".into() })), GOLDEN_EXIT.as_bytes());
     let Decoded::Msg(h, msg) = decode_guest(line(GOLDEN_ACTION_RESPONSE)) else {
         panic!("golden frame did not decode");
     };
-    assert_eq!(
-        encode_guest(h.sequence, &msg),
-        GOLDEN_ACTION_RESPONSE.as_bytes()
-    );
+    assert_eq!(encode_guest(h.sequence, &msg), GOLDEN_ACTION_RESPONSE.as_bytes());
 }
 
 #[test]
 fn host_encoding_matches_the_spec_shapes() {
-    let ack = encode_host(
-        2,
-        &HostMsg::InitAck(InitAck {
-            invocation_id: 1_804_289_383,
-        }),
-    );
+    let ack = encode_host(2, &HostMsg::InitAck(InitAck { invocation_id: 1_804_289_383 }));
     assert_eq!(
         ack,
         b"\n{\"version\":3,\"revision\":1,\"msg_type\":\"init_ack\",\"sequence\":2,\"invocation_id\":1804289383}\n"
     );
-    let ch = encode_host(
-        3,
-        &HostMsg::Challenge(Challenge {
-            heartbeat_challenge: 1_576_872_650,
-        }),
-    );
+    let ch = encode_host(3, &HostMsg::Challenge(Challenge { heartbeat_challenge: 1_576_872_650 }));
     assert_eq!(
         ch,
         b"\n{\"version\":3,\"revision\":1,\"msg_type\":\"challenge\",\"sequence\":3,\"heartbeat_challenge\":1576872650}\n"
@@ -130,13 +90,7 @@ fn host_encoding_matches_the_spec_shapes() {
         notify,
         b"\n{\"version\":3,\"revision\":1,\"msg_type\":\"action_notify\",\"sequence\":7,\"invocation_id\":1804289383,\"event_type\":\"stop\",\"notification_type\":\"revocable\",\"timeout_ms\":9000}\n"
     );
-    let nack = encode_host(
-        4,
-        &HostMsg::Nack(Nack {
-            invocation_id: 5,
-            log_msg: "a \"quoted\" \\ text".into(),
-        }),
-    );
+    let nack = encode_host(4, &HostMsg::Nack(Nack { invocation_id: 5, log_msg: "a \"quoted\" \\ text".into() }));
     assert_eq!(
         nack,
         b"\n{\"version\":3,\"revision\":1,\"msg_type\":\"nack\",\"sequence\":4,\"invocation_id\":5,\"log_msg\":\"a \\\"quoted\\\" \\\\ text\"}\n"
@@ -147,19 +101,14 @@ fn host_encoding_matches_the_spec_shapes() {
 fn host_frames_round_trip_through_decode_host() {
     for msg in [
         HostMsg::InitAck(InitAck { invocation_id: 9 }),
-        HostMsg::Challenge(Challenge {
-            heartbeat_challenge: 0x7fff_ffff,
-        }),
+        HostMsg::Challenge(Challenge { heartbeat_challenge: 0x7fff_ffff }),
         HostMsg::ActionNotify(ActionNotify {
             invocation_id: 1,
             event_type: EventType::LiveMigrateBegin,
             notification_type: NotificationType::Irrevocable,
             timeout_ms: 10_000,
         }),
-        HostMsg::Nack(Nack {
-            invocation_id: 1,
-            log_msg: "x".into(),
-        }),
+        HostMsg::Nack(Nack { invocation_id: 1, log_msg: "x".into() }),
     ] {
         let bytes = encode_host(11, &msg);
         let Decoded::Msg(h, back) = decode_host(line(std::str::from_utf8(&bytes).unwrap())) else {
@@ -173,26 +122,14 @@ fn host_frames_round_trip_through_decode_host() {
 #[test]
 fn header_failures_give_the_original_nack_texts() {
     let nack = |s: &str| Decoded::<GuestMsg>::Nack(s.to_string());
-    assert_eq!(
-        decode_guest(br#"{"msg_type":"init"}"#),
-        nack("failed to parse version")
-    );
-    assert_eq!(
-        decode_guest(br#"{"version":"3"}"#),
-        nack("failed to parse version")
-    );
-    assert_eq!(
-        decode_guest(br#""just a string""#),
-        nack("failed to parse version")
-    );
+    assert_eq!(decode_guest(br#"{"msg_type":"init"}"#), nack("failed to parse version"));
+    assert_eq!(decode_guest(br#"{"version":"3"}"#), nack("failed to parse version"));
+    assert_eq!(decode_guest(br#""just a string""#), nack("failed to parse version"));
     assert_eq!(
         decode_guest(br#"{"version":2,"revision":1,"msg_type":"init","sequence":1}"#),
         nack("Bad version: 2, expect version: 3")
     );
-    assert_eq!(
-        decode_guest(br#"{"version":3,"revision":1,"sequence":1}"#),
-        nack("failed to parse msg_type")
-    );
+    assert_eq!(decode_guest(br#"{"version":3,"revision":1,"sequence":1}"#), nack("failed to parse msg_type"));
     assert_eq!(
         decode_guest(br#"{"version":3,"revision":1,"msg_type":7,"sequence":1}"#),
         nack("failed to parse msg_type")
@@ -209,59 +146,32 @@ fn header_failures_give_the_original_nack_texts() {
 
 #[test]
 fn newer_versions_are_accepted() {
-    let line =
-        br#"{"version":4,"revision":9,"msg_type":"exit","sequence":1,"log_msg":"bye","extra":1}"#;
-    assert!(matches!(
-        decode_guest(line),
-        Decoded::Msg(Header { version: 4, .. }, _)
-    ));
+    let line = br#"{"version":4,"revision":9,"msg_type":"exit","sequence":1,"log_msg":"bye","extra":1}"#;
+    assert!(matches!(decode_guest(line), Decoded::Msg(Header { version: 4, .. }, _)));
 }
 
 #[test]
 fn integer_fields_reject_strings_fractions_negatives_booleans_and_huge_values() {
-    for bad in [
-        "\"1000\"",
-        "1000.5",
-        "-1",
-        "true",
-        "4294967296",
-        "1e3",
-        "null",
-        "[1]",
-    ] {
-        let line = format!(
-            r#"{{"version":3,"revision":1,"msg_type":"init","sequence":1,"invocation_id":{bad},"name":"n"}}"#
-        );
-        assert_eq!(
-            decode_guest(line.as_bytes()),
-            Decoded::Nack("failed to parse invocation_id".into()),
-            "value {bad}"
-        );
+    for bad in ["\"1000\"", "1000.5", "-1", "true", "4294967296", "1e3", "null", "[1]"] {
+        let line =
+            format!(r#"{{"version":3,"revision":1,"msg_type":"init","sequence":1,"invocation_id":{bad},"name":"n"}}"#);
+        assert_eq!(decode_guest(line.as_bytes()), Decoded::Nack("failed to parse invocation_id".into()), "value {bad}");
     }
 }
 
 #[test]
 fn init_nack_names_the_first_bad_key_in_original_order() {
     let line = br#"{"version":3,"revision":1,"msg_type":"init","sequence":1,"invocation_id":1,"name":"n","corrective_action":"log","heartbeat_interval_ms":-5}"#;
-    assert_eq!(
-        decode_guest(line),
-        Decoded::Nack("failed to parse heartbeat_interval_ms".into())
-    );
+    assert_eq!(decode_guest(line), Decoded::Nack("failed to parse heartbeat_interval_ms".into()));
     let line = br#"{"version":3,"revision":1,"msg_type":"challenge_response","sequence":1,"heartbeat_response":1,"heartbeat_health":"healthy","corrective_action":"log"}"#;
-    assert_eq!(
-        decode_guest(line),
-        Decoded::Nack("failed to parse log_msg".into())
-    );
+    assert_eq!(decode_guest(line), Decoded::Nack("failed to parse log_msg".into()));
 }
 
 #[test]
 fn malformed_lines_are_dropped_without_nack() {
     assert!(matches!(decode_guest(b"garbage"), Decoded::Malformed(_)));
     assert!(matches!(decode_guest(b"null"), Decoded::Malformed(_)));
-    assert!(matches!(
-        decode_guest(b"{\"version\":3,"),
-        Decoded::Malformed(_)
-    ));
+    assert!(matches!(decode_guest(b"{\"version\":3,"), Decoded::Malformed(_)));
     assert!(matches!(
         decode_guest(b"{\"version\":3,\"revision\":1,\"msg_type\":\"ex\0it\",\"sequence\":1}"),
         Decoded::Malformed(_)
@@ -275,8 +185,5 @@ fn malformed_lines_are_dropped_without_nack() {
 #[test]
 fn deeply_nested_json_is_malformed_not_a_crash() {
     let deep = "[".repeat(100_000);
-    assert!(matches!(
-        decode_guest(deep.as_bytes()),
-        Decoded::Malformed(_)
-    ));
+    assert!(matches!(decode_guest(deep.as_bytes()), Decoded::Malformed(_)));
 }

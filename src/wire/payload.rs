@@ -159,8 +159,7 @@ mod tests {
 
     #[test]
     fn agent_commands_parse_with_missing_keys() {
-        let c: InstCmd =
-            serde_json::from_str(r#"{"source":"1.1.1.1","service":"heartbeat"}"#).unwrap();
+        let c: InstCmd = serde_json::from_str(r#"{"source":"1.1.1.1","service":"heartbeat"}"#).unwrap();
         assert_eq!(c.uuid, None);
         assert_eq!(c.state, None);
         let h: HostCmd = serde_json::from_str(r#"{"source":"s","uuid":"x"}"#).unwrap();

@@ -111,10 +111,7 @@ mod tests {
     #[test]
     fn unknown_spellings_map_to_unknown() {
         assert_eq!(EventType::parse("explode"), EventType::Unknown);
-        assert_eq!(
-            serde_json::from_str::<NotificationType>("\"maybe\"").unwrap(),
-            NotificationType::Unknown
-        );
+        assert_eq!(serde_json::from_str::<NotificationType>("\"maybe\"").unwrap(), NotificationType::Unknown);
         assert_eq!(Health::parse("meh"), Health::Unknown);
         assert_eq!(CorrectiveAction::Unknown.as_str(), "unknown");
     }

@@ -29,11 +29,7 @@ pub struct LineFramer {
 
 impl LineFramer {
     pub fn new(max_line: usize) -> Self {
-        LineFramer {
-            buf: Vec::new(),
-            max_line,
-            discarding: false,
-        }
+        LineFramer { buf: Vec::new(), max_line, discarding: false }
     }
 
     /// Appends bytes; pushes every complete line (without the '\n') to `out`.
@@ -56,9 +52,7 @@ impl LineFramer {
             }
             let seg_len = newline.unwrap_or(rest.len());
             if self.buf.len() + seg_len > self.max_line {
-                out.push(Frame::TooLong {
-                    len: self.max_line + 1,
-                });
+                out.push(Frame::TooLong { len: self.max_line + 1 });
                 self.buf.clear();
                 match newline {
                     Some(i) => rest = &rest[i + 1..],
@@ -124,16 +118,10 @@ mod tests {
     fn split_at_every_byte() {
         let data = b"hello\nworld\n";
         let chunks: Vec<&[u8]> = data.chunks(1).collect();
-        assert_eq!(
-            frame_all(100, &chunks),
-            vec![line(b"hello"), line(b"world")]
-        );
+        assert_eq!(frame_all(100, &chunks), vec![line(b"hello"), line(b"world")]);
         for cut in 0..=data.len() {
             let (a, b) = data.split_at(cut);
-            assert_eq!(
-                frame_all(100, &[a, b]),
-                vec![line(b"hello"), line(b"world")]
-            );
+            assert_eq!(frame_all(100, &[a, b]), vec![line(b"hello"), line(b"world")]);
         }
     }
 
@@ -163,10 +151,7 @@ mod tests {
     #[test]
     fn exactly_max_is_fine() {
         assert_eq!(frame_all(4, &[b"abcd\n"]), vec![line(b"abcd")]);
-        assert_eq!(
-            frame_all(4, &[b"abcde\nok\n"]),
-            vec![Frame::TooLong { len: 5 }, line(b"ok")]
-        );
+        assert_eq!(frame_all(4, &[b"abcde\nok\n"]), vec![Frame::TooLong { len: 5 }, line(b"ok")]);
     }
 
     #[test]
@@ -188,22 +173,13 @@ mod tests {
     #[test]
     fn golden_frames() {
         let out = frame_all(4096, &[INIT, EXIT]);
-        assert_eq!(
-            out,
-            vec![
-                line(&INIT[1..INIT.len() - 1]),
-                line(&EXIT[1..EXIT.len() - 1])
-            ]
-        );
+        assert_eq!(out, vec![line(&INIT[1..INIT.len() - 1]), line(&EXIT[1..EXIT.len() - 1])]);
         let mut both = INIT.to_vec();
         both.extend_from_slice(EXIT);
         let chunks: Vec<&[u8]> = both.chunks(7).collect();
         assert_eq!(frame_all(4096, &chunks), out);
         // The init message is longer than 128 bytes, the exit one is not.
-        assert_eq!(
-            frame_all(128, &[&both]),
-            vec![Frame::TooLong { len: 129 }, line(&EXIT[1..EXIT.len() - 1])]
-        );
+        assert_eq!(frame_all(128, &[&both]), vec![Frame::TooLong { len: 129 }, line(&EXIT[1..EXIT.len() - 1])]);
     }
 
     proptest! {

@@ -95,10 +95,7 @@ where
             ExitReason::Error(e) => log::error!("thread {thread_name} failed: {e}"),
             ExitReason::Panicked(m) => log::error!("thread {thread_name} panicked: {m}"),
         }
-        let exit = ThreadExit {
-            name: thread_name,
-            reason,
-        };
+        let exit = ThreadExit { name: thread_name, reason };
         let _ = exit_tx.send(on_exit(exit));
     })
 }
@@ -132,23 +129,14 @@ mod tests {
 
     #[test]
     fn error() {
-        assert_eq!(
-            run(|| Err("boom".into())).reason,
-            ExitReason::Error("boom".into())
-        );
+        assert_eq!(run(|| Err("boom".into())).reason, ExitReason::Error("boom".into()));
     }
 
     #[test]
     fn panics_are_reported() {
-        assert_eq!(
-            run(|| panic!("static msg")).reason,
-            ExitReason::Panicked("static msg".into())
-        );
+        assert_eq!(run(|| panic!("static msg")).reason, ExitReason::Panicked("static msg".into()));
         let n = 7;
-        assert_eq!(
-            run(move || panic!("formatted {n}")).reason,
-            ExitReason::Panicked("formatted 7".into())
-        );
+        assert_eq!(run(move || panic!("formatted {n}")).reason, ExitReason::Panicked("formatted 7".into()));
     }
 
     #[test]

@@ -68,12 +68,8 @@ where
 {
     // Bind here rather than on the thread so that a bad address is an
     // immediate, typed startup error instead of a thread exit.
-    let server = Server::new(addr, handler)
-        .map_err(|e| HttpError::Bind {
-            addr,
-            msg: e.to_string(),
-        })?
-        .pool_size(POOL_SIZE);
+    let server =
+        Server::new(addr, handler).map_err(|e| HttpError::Bind { addr, msg: e.to_string() })?.pool_size(POOL_SIZE);
     let local_addr = server.server_addr();
     let (stop_tx, stop_rx) = bounded::<()>(1);
     let thread = spawn_named(name, None, exit_tx, on_exit, move || {
@@ -86,11 +82,7 @@ where
     })
     .map_err(HttpError::Spawn)?;
     log::info!("http server listening on {local_addr}");
-    Ok(HttpHandle {
-        local_addr,
-        stop: Some(stop_tx),
-        thread: Some(thread),
-    })
+    Ok(HttpHandle { local_addr, stop: Some(stop_tx), thread: Some(thread) })
 }
 
 #[cfg(test)]
@@ -132,10 +124,7 @@ mod tests {
         within(WAIT, move || drop(h));
         assert_eq!(
             rx.recv_timeout(WAIT).unwrap(),
-            ThreadExit {
-                name: "http-test".into(),
-                reason: ExitReason::Finished
-            }
+            ThreadExit { name: "http-test".into(), reason: ExitReason::Finished }
         );
     }
 
@@ -144,13 +133,7 @@ mod tests {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap();
         let (tx, _rx) = unbounded::<ThreadExit>();
-        match spawn_http(
-            "http-busy",
-            addr,
-            |_: &Request| Response::empty_404(),
-            tx,
-            |e| e,
-        ) {
+        match spawn_http("http-busy", addr, |_: &Request| Response::empty_404(), tx, |e| e) {
             Err(HttpError::Bind { addr: a, .. }) => assert_eq!(a, addr),
             other => panic!("unexpected {:?}", other.map(|h| h.local_addr)),
         }

@@ -22,12 +22,7 @@ impl TokenBucket {
     /// anything, so it is raised to 1.
     pub fn new(rate_per_sec: u32, burst: u32) -> Self {
         let burst_nanos = u128::from(burst.max(1)) * NANOS_PER_SEC;
-        TokenBucket {
-            rate_per_sec,
-            burst_nanos,
-            tokens_nanos: burst_nanos,
-            last: None,
-        }
+        TokenBucket { rate_per_sec, burst_nanos, tokens_nanos: burst_nanos, last: None }
     }
 
     fn refill(&mut self, now: Instant) {
@@ -36,10 +31,7 @@ impl TokenBucket {
             // and `last` never moves backwards.
             let elapsed = now.saturating_duration_since(last).as_nanos();
             let added = elapsed.saturating_mul(u128::from(self.rate_per_sec));
-            self.tokens_nanos = self
-                .tokens_nanos
-                .saturating_add(added)
-                .min(self.burst_nanos);
+            self.tokens_nanos = self.tokens_nanos.saturating_add(added).min(self.burst_nanos);
             if now > last {
                 self.last = Some(now);
             }
@@ -89,13 +81,7 @@ pub enum LogDecision {
 
 impl LogLimiter {
     pub fn new(per_window: u32, window: Duration) -> Self {
-        LogLimiter {
-            per_window,
-            window,
-            window_start: None,
-            allowed: 0,
-            suppressed: 0,
-        }
+        LogLimiter { per_window, window, window_start: None, allowed: 0, suppressed: 0 }
     }
 
     pub fn allow(&mut self, now: Instant) -> LogDecision {
@@ -116,9 +102,7 @@ impl LogLimiter {
         }
         if self.allowed < self.per_window {
             self.allowed += 1;
-            LogDecision::Allow {
-                suppressed_before: 0,
-            }
+            LogDecision::Allow { suppressed_before: 0 }
         } else {
             self.suppressed += 1;
             LogDecision::Suppress
@@ -179,32 +163,12 @@ mod tests {
     fn log_limiter_reports_suppressed() {
         let t0 = Instant::now();
         let mut l = LogLimiter::new(2, Duration::from_secs(1));
-        assert_eq!(
-            l.allow(t0),
-            LogDecision::Allow {
-                suppressed_before: 0
-            }
-        );
-        assert_eq!(
-            l.allow(t0 + ms(1)),
-            LogDecision::Allow {
-                suppressed_before: 0
-            }
-        );
+        assert_eq!(l.allow(t0), LogDecision::Allow { suppressed_before: 0 });
+        assert_eq!(l.allow(t0 + ms(1)), LogDecision::Allow { suppressed_before: 0 });
         for i in 0..5 {
             assert_eq!(l.allow(t0 + ms(2 + i)), LogDecision::Suppress);
         }
-        assert_eq!(
-            l.allow(t0 + ms(1000)),
-            LogDecision::Allow {
-                suppressed_before: 5
-            }
-        );
-        assert_eq!(
-            l.allow(t0 + ms(2500)),
-            LogDecision::Allow {
-                suppressed_before: 0
-            }
-        );
+        assert_eq!(l.allow(t0 + ms(1000)), LogDecision::Allow { suppressed_before: 5 });
+        assert_eq!(l.allow(t0 + ms(2500)), LogDecision::Allow { suppressed_before: 0 });
     }
 }

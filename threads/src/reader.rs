@@ -62,11 +62,7 @@ pub struct ReaderLimits {
 
 impl Default for ReaderLimits {
     fn default() -> Self {
-        ReaderLimits {
-            max_line: 4096,
-            max_msgs_per_sec: 100,
-            max_bytes_per_sec: 64 * 1024,
-        }
+        ReaderLimits { max_line: 4096, max_msgs_per_sec: 100, max_bytes_per_sec: 64 * 1024 }
     }
 }
 
@@ -107,10 +103,7 @@ impl Limiter {
         let max_line = u32::try_from(limits.max_line).unwrap_or(u32::MAX);
         Limiter {
             msgs: TokenBucket::new(limits.max_msgs_per_sec, limits.max_msgs_per_sec),
-            bytes: TokenBucket::new(
-                limits.max_bytes_per_sec,
-                limits.max_bytes_per_sec.max(max_line),
-            ),
+            bytes: TokenBucket::new(limits.max_bytes_per_sec, limits.max_bytes_per_sec.max(max_line)),
             dropped: 0,
             last_report: None,
         }
@@ -166,35 +159,24 @@ where
     F: Fn(ReaderMsg) -> E + Send + 'static,
 {
     let thread_name = name.clone();
-    let thread = Builder::new()
-        .name(name)
-        .stack_size(READER_STACK)
-        .spawn(move || {
-            let outcome = catch_unwind(AssertUnwindSafe(|| read_loop(&stream, &limits, &tx, &map)));
-            let reason = match outcome {
-                Ok(Some(reason)) => reason,
-                Ok(None) => {
-                    log::debug!("reader {thread_name}: receiver gone, exiting");
-                    return;
-                }
-                Err(payload) => CloseReason::Error(format!(
-                    "reader panicked: {}",
-                    panic_message(payload.as_ref())
-                )),
-            };
-            log::debug!("reader {thread_name} closed: {reason:?}");
-            let _ = tx.send(map(ReaderMsg::Closed(reason)));
-        })?;
+    let thread = Builder::new().name(name).stack_size(READER_STACK).spawn(move || {
+        let outcome = catch_unwind(AssertUnwindSafe(|| read_loop(&stream, &limits, &tx, &map)));
+        let reason = match outcome {
+            Ok(Some(reason)) => reason,
+            Ok(None) => {
+                log::debug!("reader {thread_name}: receiver gone, exiting");
+                return;
+            }
+            Err(payload) => CloseReason::Error(format!("reader panicked: {}", panic_message(payload.as_ref()))),
+        };
+        log::debug!("reader {thread_name} closed: {reason:?}");
+        let _ = tx.send(map(ReaderMsg::Closed(reason)));
+    })?;
     Ok(ReaderHandle { thread })
 }
 
 /// Returns why the stream closed, or `None` when the receiver went away.
-fn read_loop<E, F>(
-    mut stream: &UnixStream,
-    limits: &ReaderLimits,
-    tx: &Sender<E>,
-    map: &F,
-) -> Option<CloseReason>
+fn read_loop<E, F>(mut stream: &UnixStream, limits: &ReaderLimits, tx: &Sender<E>, map: &F) -> Option<CloseReason>
 where
     F: Fn(ReaderMsg) -> E,
 {
@@ -226,13 +208,9 @@ where
             // Re-read the clock per frame: a blocking send may have taken a while.
             let now = Instant::now();
             let msg = match frame {
-                Frame::Line(line) => limiter
-                    .admit(line.len(), now)
-                    .then_some(ReaderMsg::Line(line)),
+                Frame::Line(line) => limiter.admit(line.len(), now).then_some(ReaderMsg::Line(line)),
                 // An over-long line costs one message token; its bytes were never kept.
-                Frame::TooLong { len } => {
-                    limiter.admit(0, now).then_some(ReaderMsg::TooLong { len })
-                }
+                Frame::TooLong { len } => limiter.admit(0, now).then_some(ReaderMsg::TooLong { len }),
             };
             if let Some(msg) = msg {
                 send(msg)?;
@@ -267,11 +245,7 @@ mod tests {
     }
 
     fn unlimited(max_line: usize) -> ReaderLimits {
-        ReaderLimits {
-            max_line,
-            max_msgs_per_sec: 0,
-            max_bytes_per_sec: 0,
-        }
+        ReaderLimits { max_line, max_msgs_per_sec: 0, max_bytes_per_sec: 0 }
     }
 
     #[test]
@@ -280,10 +254,7 @@ mod tests {
         let (tx, rx) = unbounded();
         let h = spawn_reader("reader-test".into(), ours, unlimited(64), tx, |m| m).unwrap();
         guest.write_all(b"one\ntw").unwrap();
-        assert_eq!(
-            rx.recv_timeout(WAIT).unwrap(),
-            ReaderMsg::Line(b"one".to_vec())
-        );
+        assert_eq!(rx.recv_timeout(WAIT).unwrap(), ReaderMsg::Line(b"one".to_vec()));
         guest.write_all(b"o\n\nthree\n").unwrap();
         drop(guest);
         let got = collect_until_closed(&rx);
@@ -310,11 +281,7 @@ mod tests {
         guest.shutdown(Shutdown::Write).unwrap();
         assert_eq!(
             collect_until_closed(&rx),
-            vec![
-                ReaderMsg::TooLong { len: 9 },
-                ReaderMsg::Line(b"ok".to_vec()),
-                ReaderMsg::Closed(CloseReason::Eof),
-            ]
+            vec![ReaderMsg::TooLong { len: 9 }, ReaderMsg::Line(b"ok".to_vec()), ReaderMsg::Closed(CloseReason::Eof),]
         );
     }
 
@@ -322,11 +289,7 @@ mod tests {
     fn rate_limited_drops_are_counted_and_reported() {
         let (mut guest, ours) = UnixStream::pair().unwrap();
         let (tx, rx) = unbounded();
-        let limits = ReaderLimits {
-            max_line: 64,
-            max_msgs_per_sec: 5,
-            max_bytes_per_sec: 0,
-        };
+        let limits = ReaderLimits { max_line: 64, max_msgs_per_sec: 5, max_bytes_per_sec: 0 };
         let _h = spawn_reader("reader-rate".into(), ours, limits, tx, |m| m).unwrap();
         let total = 200u64;
         for i in 0..total {
@@ -334,10 +297,7 @@ mod tests {
         }
         drop(guest);
         let got = collect_until_closed(&rx);
-        let lines = got
-            .iter()
-            .filter(|m| matches!(m, ReaderMsg::Line(_)))
-            .count() as u64;
+        let lines = got.iter().filter(|m| matches!(m, ReaderMsg::Line(_))).count() as u64;
         let reports: Vec<u64> = got
             .iter()
             .filter_map(|m| match m {
@@ -378,10 +338,7 @@ mod tests {
         let (tx, rx) = unbounded();
         let h = spawn_reader("reader-stop".into(), ours, unlimited(64), tx, |m| m).unwrap();
         writer.shutdown();
-        assert_eq!(
-            rx.recv_timeout(WAIT).unwrap(),
-            ReaderMsg::Closed(CloseReason::Eof)
-        );
+        assert_eq!(rx.recv_timeout(WAIT).unwrap(), ReaderMsg::Closed(CloseReason::Eof));
         within(WAIT, move || h.join().unwrap());
     }
 

@@ -48,10 +48,7 @@ pub fn spawn_signals<E: Send + 'static>(
         }
         Ok(())
     })?;
-    Ok(SignalHandle {
-        handle,
-        thread: Some(thread),
-    })
+    Ok(SignalHandle { handle, thread: Some(thread) })
 }
 
 #[cfg(test)]
@@ -81,10 +78,7 @@ mod tests {
         within(WAIT, move || drop(h));
         assert_eq!(
             rx.recv_timeout(WAIT).unwrap(),
-            Ev::Exit(ThreadExit {
-                name: "signals".into(),
-                reason: ExitReason::Finished
-            })
+            Ev::Exit(ThreadExit { name: "signals".into(), reason: ExitReason::Finished })
         );
     }
 }

@@ -80,10 +80,7 @@ pub fn spawn_timer<E: Send + 'static>(
             }
         }
     })?;
-    Ok(TimerHandle {
-        tx: Some(req_tx),
-        thread: Some(thread),
-    })
+    Ok(TimerHandle { tx: Some(req_tx), thread: Some(thread) })
 }
 
 #[cfg(test)]
@@ -155,10 +152,7 @@ mod tests {
         within(WAIT, move || drop(t));
         assert_eq!(
             rx.recv_timeout(WAIT).unwrap(),
-            Ev::Exit(ThreadExit {
-                name: "timer".into(),
-                reason: ExitReason::Finished
-            })
+            Ev::Exit(ThreadExit { name: "timer".into(), reason: ExitReason::Finished })
         );
     }
 }

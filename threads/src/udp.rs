@@ -98,10 +98,7 @@ pub fn spawn_udp_receiver<E: Send + 'static>(
             }
             match received {
                 Ok((n, from)) => {
-                    let msg = Datagram {
-                        from,
-                        bytes: buf[..n].to_vec(),
-                    };
+                    let msg = Datagram { from, bytes: buf[..n].to_vec() };
                     if tx.send(map(msg)).is_err() {
                         return Ok(());
                     }
@@ -111,19 +108,13 @@ pub fn spawn_udp_receiver<E: Send + 'static>(
                 Err(e)
                     if matches!(
                         e.kind(),
-                        ErrorKind::Interrupted
-                            | ErrorKind::ConnectionRefused
-                            | ErrorKind::ConnectionReset
+                        ErrorKind::Interrupted | ErrorKind::ConnectionRefused | ErrorKind::ConnectionReset
                     ) => {}
                 Err(e) => return Err(format!("udp receive failed: {e}")),
             }
         }
     })?;
-    Ok(UdpHandle {
-        stop,
-        wake_addr: wake,
-        thread: Some(thread),
-    })
+    Ok(UdpHandle { stop, wake_addr: wake, thread: Some(thread) })
 }
 
 #[cfg(test)]
@@ -153,10 +144,7 @@ mod tests {
         client.send_to(b"hello", addr).unwrap();
         assert_eq!(
             rx.recv_timeout(WAIT).unwrap(),
-            Ev::D(Datagram {
-                from: client.local_addr().unwrap(),
-                bytes: b"hello".to_vec()
-            })
+            Ev::D(Datagram { from: client.local_addr().unwrap(), bytes: b"hello".to_vec() })
         );
         client.send_to(&[b'x'; 100], addr).unwrap();
         match rx.recv_timeout(WAIT).unwrap() {
@@ -166,10 +154,7 @@ mod tests {
         within(WAIT, move || drop(h));
         assert_eq!(
             rx.recv_timeout(WAIT).unwrap(),
-            Ev::Exit(ThreadExit {
-                name: "udp-test".into(),
-                reason: ExitReason::Finished
-            })
+            Ev::Exit(ThreadExit { name: "udp-test".into(), reason: ExitReason::Finished })
         );
     }
 
@@ -179,13 +164,7 @@ mod tests {
         let (tx, rx) = unbounded();
         let h = spawn_udp_receiver("udp-any", sock, 64, tx, Ev::D, Ev::Exit).unwrap();
         within(WAIT, move || drop(h));
-        assert!(matches!(
-            rx.recv_timeout(WAIT).unwrap(),
-            Ev::Exit(ThreadExit {
-                reason: ExitReason::Finished,
-                ..
-            })
-        ));
+        assert!(matches!(rx.recv_timeout(WAIT).unwrap(), Ev::Exit(ThreadExit { reason: ExitReason::Finished, .. })));
     }
 
     #[test]

@@ -83,11 +83,7 @@ fn dir_mask() -> WatchMask {
 }
 
 fn parent_mask() -> WatchMask {
-    WatchMask::CREATE
-        | WatchMask::MOVED_TO
-        | WatchMask::DELETE_SELF
-        | WatchMask::MOVE_SELF
-        | WatchMask::ONLYDIR
+    WatchMask::CREATE | WatchMask::MOVED_TO | WatchMask::DELETE_SELF | WatchMask::MOVE_SELF | WatchMask::ONLYDIR
 }
 
 /// Masks meaning the watched object itself is no longer there.
@@ -114,30 +110,16 @@ pub fn spawn_watcher<E: Send + 'static>(
     };
     let ino = Inotify::init()?;
     let (stop_tx, stop_rx) = UnixStream::pair()?;
-    let mut watcher = Watcher {
-        ino,
-        dir,
-        parent,
-        name,
-        dir_wd: None,
-        parent_wd: None,
-        tx: tx.clone(),
-        map,
-        stop: stop_rx,
-    };
+    let mut watcher =
+        Watcher { ino, dir, parent, name, dir_wd: None, parent_wd: None, tx: tx.clone(), map, stop: stop_rx };
     // Watch before the thread starts, so that a caller scanning the directory
     // after this returns cannot miss a file created in between.
-    watcher
-        .add_dir_watch()
-        .map_err(|e| io::Error::other(error_chain(&e)))?;
+    watcher.add_dir_watch().map_err(|e| io::Error::other(error_chain(&e)))?;
     let thread = spawn_named("watcher", None, tx, on_exit, move || match watcher.run() {
         Ok(()) | Err(WatchError::ReceiverGone) => Ok(()),
         Err(e) => Err(error_chain(&e)),
     })?;
-    Ok(WatcherHandle {
-        stop: Some(stop_tx),
-        thread: Some(thread),
-    })
+    Ok(WatcherHandle { stop: Some(stop_tx), thread: Some(thread) })
 }
 
 struct Watcher<E> {
@@ -169,12 +151,8 @@ impl<E> Watcher<E> {
             }
             // Copy out of the buffer first: handling needs `&mut self.ino`.
             let events: Vec<RawEvent> = match self.ino.read_events(&mut buf) {
-                Ok(events) => events
-                    .map(|e| (e.wd, e.mask, e.name.map(OsString::from)))
-                    .collect(),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
-                    continue
-                }
+                Ok(events) => events.map(|e| (e.wd, e.mask, e.name.map(OsString::from))).collect(),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => continue,
                 Err(e) => return Err(WatchError::Read(e)),
             };
             // Every event of the read is handled, not just the first.
@@ -187,16 +165,8 @@ impl<E> Watcher<E> {
     /// Blocks until inotify has events (true) or the handle is dropped (false).
     fn wait(&self) -> Result<bool, WatchError> {
         let mut fds = [
-            libc::pollfd {
-                fd: self.ino.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.stop.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            libc::pollfd { fd: self.ino.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: self.stop.as_raw_fd(), events: libc::POLLIN, revents: 0 },
         ];
         loop {
             // SAFETY: `fds` is a valid array of two pollfds for the call and
@@ -215,9 +185,7 @@ impl<E> Watcher<E> {
     }
 
     fn send(&self, msg: WatchMsg) -> Result<(), WatchError> {
-        self.tx
-            .send((self.map)(msg))
-            .map_err(|_| WatchError::ReceiverGone)
+        self.tx.send((self.map)(msg)).map_err(|_| WatchError::ReceiverGone)
     }
 
     /// Watches the directory; false when it does not exist (or is not a directory).
@@ -227,15 +195,8 @@ impl<E> Watcher<E> {
                 self.dir_wd = Some(wd);
                 Ok(true)
             }
-            Err(e)
-                if e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) =>
-            {
-                Ok(false)
-            }
-            Err(source) => Err(WatchError::Watch {
-                path: self.dir.clone(),
-                source,
-            }),
+            Err(e) if e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => Ok(false),
+            Err(source) => Err(WatchError::Watch { path: self.dir.clone(), source }),
         }
     }
 
@@ -245,10 +206,7 @@ impl<E> Watcher<E> {
             .ino
             .watches()
             .add(&self.parent, parent_mask())
-            .map_err(|source| WatchError::Watch {
-                path: self.parent.clone(),
-                source,
-            })?;
+            .map_err(|source| WatchError::Watch { path: self.parent.clone(), source })?;
         self.parent_wd = Some(wd);
         // The directory may have come back before the parent watch existed,
         // in which case no CREATE event will ever tell us.
@@ -298,10 +256,7 @@ impl<E> Watcher<E> {
                 return Err(WatchError::ParentGone(self.parent.clone()));
             }
             let ours = name.as_deref() == Some(self.name.as_os_str());
-            if ours
-                && mask.intersects(EventMask::CREATE | EventMask::MOVED_TO)
-                && self.add_dir_watch()?
-            {
+            if ours && mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) && self.add_dir_watch()? {
                 return self.back();
             }
         }

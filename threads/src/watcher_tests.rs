@@ -60,12 +60,7 @@ fn files_created_deleted_renamed_modified() {
     for i in 0..20 {
         fs::File::create(dir.join(format!("f{i}"))).unwrap();
     }
-    let got = until(&rx, |g| {
-        g.iter()
-            .filter(|m| matches!(m, WatchMsg::Created(_)))
-            .count()
-            == 20
-    });
+    let got = until(&rx, |g| g.iter().filter(|m| matches!(m, WatchMsg::Created(_))).count() == 20);
     for i in 0..20 {
         assert!(got.contains(&created(&format!("f{i}"))), "missing f{i}");
     }
@@ -73,9 +68,7 @@ fn files_created_deleted_renamed_modified() {
     fs::write(dir.join("f0"), b"data").unwrap();
     until(&rx, has(WatchMsg::Modified("f0".into())));
     fs::rename(dir.join("f1"), dir.join("g1")).unwrap();
-    until(&rx, |g| {
-        g.contains(&deleted("f1")) && g.contains(&created("g1"))
-    });
+    until(&rx, |g| g.contains(&deleted("f1")) && g.contains(&created("g1")));
     fs::remove_file(dir.join("f2")).unwrap();
     until(&rx, has(deleted("f2")));
 
@@ -149,10 +142,7 @@ fn missing_parent_is_an_error_exit() {
     let _h = spawn_watcher(tmp.path().join("a/b"), tx, Ev::W, Ev::Exit).unwrap();
     assert_eq!(rx.recv_timeout(WAIT).unwrap(), Ev::W(WatchMsg::DirGone));
     match rx.recv_timeout(WAIT).unwrap() {
-        Ev::Exit(ThreadExit {
-            reason: ExitReason::Error(msg),
-            ..
-        }) => assert!(msg.contains("cannot watch"), "{msg}"),
+        Ev::Exit(ThreadExit { reason: ExitReason::Error(msg), .. }) => assert!(msg.contains("cannot watch"), "{msg}"),
         other => panic!("unexpected {other:?}"),
     }
 }

@@ -29,11 +29,7 @@ impl<K> Default for TimerWheel<K> {
 
 impl<K> TimerWheel<K> {
     pub fn new() -> Self {
-        TimerWheel {
-            queue: BTreeMap::new(),
-            deadlines: HashMap::new(),
-            next_id: 0,
-        }
+        TimerWheel { queue: BTreeMap::new(), deadlines: HashMap::new(), next_id: 0 }
     }
 
     pub fn insert(&mut self, at: Instant, key: K) -> TimerId {
@@ -114,8 +110,7 @@ mod tests {
         for k in 0..5 {
             w.insert(t0 + ms(10), k);
         }
-        let got: Vec<i32> =
-            std::iter::from_fn(|| w.pop_expired(t0 + ms(10)).map(|(_, k)| k)).collect();
+        let got: Vec<i32> = std::iter::from_fn(|| w.pop_expired(t0 + ms(10)).map(|(_, k)| k)).collect();
         assert_eq!(got, vec![0, 1, 2, 3, 4]);
     }
 

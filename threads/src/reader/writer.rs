@@ -57,20 +57,14 @@ impl ChannelWriter {
                 let e = io::Error::last_os_error();
                 return Err(match e.raw_os_error() {
                     Some(libc::EINTR) => continue,
-                    Some(code) if code == libc::EAGAIN || code == libc::EWOULDBLOCK => {
-                        WriteError::WouldBlock
-                    }
+                    Some(code) if code == libc::EAGAIN || code == libc::EWOULDBLOCK => WriteError::WouldBlock,
                     Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN) => WriteError::Closed,
                     _ => WriteError::Io(e),
                 });
             }
             // r >= 0 was checked above, so the cast cannot wrap.
             let written = r as usize;
-            return if written < bytes.len() {
-                Err(WriteError::Partial { written })
-            } else {
-                Ok(())
-            };
+            return if written < bytes.len() { Err(WriteError::Partial { written }) } else { Ok(()) };
         }
     }
 
@@ -103,13 +97,7 @@ pub fn connect_unix(path: &Path) -> io::Result<UnixStream> {
     }
 
     // SAFETY: plain syscall; the result is checked before use.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        )
-    };
+    let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) };
     if raw < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -118,20 +106,13 @@ pub fn connect_unix(path: &Path) -> io::Result<UnixStream> {
 
     let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
     // SAFETY: `addr` is a valid sockaddr_un of `len` bytes for the call.
-    let r = unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            (&addr as *const libc::sockaddr_un).cast::<libc::sockaddr>(),
-            len,
-        )
-    };
+    let r = unsafe { libc::connect(fd.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast::<libc::sockaddr>(), len) };
     if r < 0 {
         let e = io::Error::last_os_error();
         return Err(match e.raw_os_error() {
-            Some(code) if code == libc::EAGAIN || code == libc::EINPROGRESS => io::Error::new(
-                io::ErrorKind::WouldBlock,
-                format!("connect to {} would block", path.display()),
-            ),
+            Some(code) if code == libc::EAGAIN || code == libc::EINPROGRESS => {
+                io::Error::new(io::ErrorKind::WouldBlock, format!("connect to {} would block", path.display()))
+            }
             _ => e,
         });
     }
@@ -214,9 +195,6 @@ mod tests {
         let e = connect_unix(&dir.path().join("nope")).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
         let long = dir.path().join("x".repeat(200));
-        assert_eq!(
-            connect_unix(&long).unwrap_err().kind(),
-            io::ErrorKind::InvalidInput
-        );
+        assert_eq!(connect_unix(&long).unwrap_err().kind(), io::ErrorKind::InvalidInput);
     }
 }
