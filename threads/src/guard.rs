@@ -42,6 +42,20 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
+/// Formats an error with its `source()` chain, because error types here keep
+/// the cause out of their own message (house rule 9) and a thread exit has
+/// only one string to carry both.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        out.push_str(": ");
+        out.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    out
+}
+
 /// Runs `body` and converts every way it can end into an `ExitReason`.
 pub fn run_guarded<F>(body: F) -> ExitReason
 where
