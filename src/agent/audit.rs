@@ -28,24 +28,37 @@ impl State {
             return;
         }
         for name in names {
-            let Some(h) = self.inv.host(&name) else { continue };
-            let (uuid, need_state, need_list) = (h.uuid.clone(), !h.got_host_state, !h.got_instances);
+            let Some(h) = self.inv.host(&name) else {
+                continue;
+            };
+            let (uuid, need_state, need_list) =
+                (h.uuid.clone(), !h.got_host_state, !h.got_instances);
             if need_state && !self.queries.contains(&(name.clone(), true)) {
                 let body = to_json(&HostQuery {
                     hostname: name.clone(),
                     uuid: uuid.clone(),
                 })
                 .ok();
-                self.query(JobTag::HostState { hostname: name.clone() }, format!("/nfvi-plugins/v1/hosts/{uuid}"), body);
+                self.query(
+                    JobTag::HostState {
+                        hostname: name.clone(),
+                    },
+                    format!("/nfvi-plugins/v1/hosts/{uuid}"),
+                    body,
+                );
             }
             if need_list && !self.queries.contains(&(name.clone(), false)) {
                 self.query(
-                    JobTag::InstanceList { hostname: name.clone() },
+                    JobTag::InstanceList {
+                        hostname: name.clone(),
+                    },
                     format!("/nfvi-plugins/v1/instances/?host_uuid={uuid}"),
                     None,
                 );
             }
-            let Some(h) = self.inv.host_mut(&name) else { continue };
+            let Some(h) = self.inv.host_mut(&name) else {
+                continue;
+            };
             if h.instances.is_empty() || !h.reporting {
                 continue;
             }
@@ -100,13 +113,22 @@ impl State {
     /// Handles the reply to an audit query.
     pub fn on_query_done(&mut self, done: VimDone, now: Instant) {
         let body = match &done.result {
-            Ok(Reply::Status { code: 200..=299, body }) => Some(body.clone()),
+            Ok(Reply::Status {
+                code: 200..=299,
+                body,
+            }) => Some(body.clone()),
             Ok(Reply::Status { code, .. }) => {
-                self.warn_limited(now, format!("{} answered {code}; retried next audit", done.target));
+                self.warn_limited(
+                    now,
+                    format!("{} answered {code}; retried next audit", done.target),
+                );
                 None
             }
             Ok(other) => {
-                self.warn_limited(now, format!("{}: {other:?}; retried next audit", done.target));
+                self.warn_limited(
+                    now,
+                    format!("{}: {other:?}; retried next audit", done.target),
+                );
                 None
             }
             Err(e) => {
@@ -165,7 +187,10 @@ impl State {
         let mut ok = true;
         for i in &list.instances {
             let enable = match i.services.first() {
-                Some(s) if s.service == "heartbeat" && (s.state == "enabled" || s.state == "disabled") => {
+                Some(s)
+                    if s.service == "heartbeat"
+                        && (s.state == "enabled" || s.state == "disabled") =>
+                {
                     s.state == "enabled"
                 }
                 _ => {
@@ -189,7 +214,10 @@ impl State {
             if let Some(h) = self.inv.host_mut(hostname) {
                 h.got_instances = true;
             }
-            log::info!("{hostname}: {} instance(s) from the VIM", list.instances.len());
+            log::info!(
+                "{hostname}: {} instance(s) from the VIM",
+                list.instances.len()
+            );
         }
     }
 }

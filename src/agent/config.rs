@@ -139,7 +139,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(argv: I) -> Result<Args, Confi
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
             _ => (arg.clone(), None),
         };
-        let mut value = |it: &mut I::IntoIter| {
+        let value = |it: &mut I::IntoIter| {
             inline
                 .clone()
                 .or_else(|| it.next())
@@ -194,7 +194,12 @@ fn port(ini: Option<&Ini>, section: &str, key: &str, default: u16) -> Result<u16
     })
 }
 
-fn millis(ini: Option<&Ini>, key: &str, section: &str, default: u64) -> Result<Duration, ConfigError> {
+fn millis(
+    ini: Option<&Ini>,
+    key: &str,
+    section: &str,
+    default: u64,
+) -> Result<Duration, ConfigError> {
     let v = match ini {
         Some(i) => i.num(section, key, 1u64, 86_400_000)?.unwrap_or(default),
         None => default,
@@ -245,7 +250,11 @@ pub fn settings(
     let mtc_event_port = port(mtc, "agent", "hbs_to_mtc_event_port", 2107)?;
     let mtc_cmd_port = port(mtc, "agent", "mtc_to_guest_cmd_port", 2108)?;
     let vim_port = port(nfv, "guest-rest-api", "port", 30002)?;
-    let text = |section: &str, key: &str| agent.and_then(|i| i.get(section, key)).map(|e| e.value.clone());
+    let text = |section: &str, key: &str| {
+        agent
+            .and_then(|i| i.get(section, key))
+            .map(|e| e.value.clone())
+    };
 
     let http = match &args.http {
         Some(v) => sock("--http", v)?,
@@ -259,7 +268,9 @@ pub fn settings(
     let opt_sock = |flag: &str, v: &Option<String>| v.as_deref().map(|v| sock(flag, v)).transpose();
     let vim_url = match (&args.vim_url, agent.and_then(|i| i.get("vim", "event_url"))) {
         (Some(v), _) => VimUrl::parse(v).map_err(|r| bad_flag("--vim-url", r))?,
-        (None, Some(e)) => VimUrl::parse(&e.value).map_err(|r| agent.map_or_else(|| bad_flag("event_url", r.clone()), |i| i.bad(e, &r)))?,
+        (None, Some(e)) => VimUrl::parse(&e.value).map_err(|r| {
+            agent.map_or_else(|| bad_flag("event_url", r.clone()), |i| i.bad(e, &r))
+        })?,
         (None, None) => VimUrl {
             host: "127.0.0.1".into(),
             port: vim_port,
@@ -281,7 +292,9 @@ pub fn settings(
     let log_level = match (&args.log_level, text("agent", "log_level")) {
         (Some(v), _) => parse_level(v).map_err(|r| bad_flag("--log-level", r))?,
         (None, Some(_)) => match agent {
-            Some(i) => i.parsed("agent", "log_level", parse_level)?.unwrap_or(LevelFilter::Info),
+            Some(i) => i
+                .parsed("agent", "log_level", parse_level)?
+                .unwrap_or(LevelFilter::Info),
             None => LevelFilter::Info,
         },
         (None, None) => LevelFilter::Info,
@@ -317,7 +330,9 @@ pub fn settings(
         retry_min,
         retry_max,
         outbox_max: match agent {
-            Some(i) => i.num("vim", "outbox_max", 1usize, 10_000_000)?.unwrap_or(10_000),
+            Some(i) => i
+                .num("vim", "outbox_max", 1usize, 10_000_000)?
+                .unwrap_or(10_000),
             None => 10_000,
         },
         audit_start: millis(agent, "audit_start_ms", "agent", 2_000)?,

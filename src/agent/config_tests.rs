@@ -30,8 +30,14 @@ fn files_then_flags() {
         "[agent]\nrx_port = 3401\nvim_cmd_port = 3410\n[client]\nrx_port = 3411\n[hosts]\ncompute-0 = u0, 10.0.0.5\ncompute-1 = u1,10.0.0.6:4000\n",
         "guestAgent.ini",
     );
-    let mtc = ini("[agent]\nhbs_to_mtc_event_port = 3107\nmtc_to_guest_cmd_port=3108\n", "mtc.conf");
-    let nfv = ini("[guest-rest-api]\nhost=127.0.0.1\nport=31002\n", "config.ini");
+    let mtc = ini(
+        "[agent]\nhbs_to_mtc_event_port = 3107\nmtc_to_guest_cmd_port=3108\n",
+        "mtc.conf",
+    );
+    let nfv = ini(
+        "[guest-rest-api]\nhost=127.0.0.1\nport=31002\n",
+        "config.ini",
+    );
     let s = settings(&Args::default(), Some(&agent), Some(&mtc), Some(&nfv)).unwrap();
     assert_eq!(s.http.port(), 3410);
     assert_eq!(s.vim_url.port, 31002);
@@ -72,7 +78,10 @@ fn bad_values_name_key_and_line() {
     );
     let agent = ini("[hosts]\ncompute-0 = nouuid\n", "g.ini");
     let err = settings(&Args::default(), Some(&agent), None, None).unwrap_err();
-    assert!(err.to_string().starts_with("g.ini:2: [hosts] compute-0"), "{err}");
+    assert!(
+        err.to_string().starts_with("g.ini:2: [hosts] compute-0"),
+        "{err}"
+    );
     let err = parse_args(["--bogus".to_string()]).unwrap_err();
     assert!(err.to_string().contains("--bogus"));
     let err = settings(&args(&["--http", "nope"]), None, None, None).unwrap_err();

@@ -73,7 +73,12 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(state: State, events: Receiver<Event>, control: Receiver<Event>, args: config::Args) -> Self {
+    pub fn new(
+        state: State,
+        events: Receiver<Event>,
+        control: Receiver<Event>,
+        args: config::Args,
+    ) -> Self {
         Self {
             state,
             events,
@@ -82,8 +87,24 @@ impl Dispatcher {
         }
     }
 
-    /// Runs until stopped; `now` is read once per event.
-    pub fn run(mut self) -> Stop {
+    /// Runs until stopped, then drops the event receivers (so that no
+    /// thread can block sending to us any more) and hands `State` back for
+    /// the caller to drop, which joins the timer.
+    pub fn run(mut self) -> (Stop, State) {
+        let stop = self.run_loop();
+        let Dispatcher {
+            state,
+            events,
+            control,
+            ..
+        } = self;
+        drop(events);
+        drop(control);
+        (stop, state)
+    }
+
+    /// `now` is read once per event.
+    fn run_loop(&mut self) -> Stop {
         self.state.sync_timer();
         loop {
             while let Ok(ev) = self.control.try_recv() {

@@ -112,8 +112,15 @@ impl State {
                 return;
             }
         };
-        if let Some(dropped) = self.outbox.push(&ev.instance, ev.kind, event_path(&ev.instance), body, now) {
-            log::warn!("outbox full: dropped service event {} for {}", dropped.id, dropped.instance);
+        if let Some(dropped) =
+            self.outbox
+                .push(&ev.instance, ev.kind, event_path(&ev.instance), body, now)
+        {
+            log::warn!(
+                "outbox full: dropped service event {} for {}",
+                dropped.id,
+                dropped.instance
+            );
         }
         self.outbox_dirty = true;
         self.pump_outbox(now);
@@ -159,7 +166,9 @@ impl State {
             (Ok(Reply::ClosedWithoutReply), _) => {
                 log::debug!("event {id}: VIM closed without a reply; delivered")
             }
-            (Ok(Reply::Broken(why)), _) => log::warn!("event {id}: sent, but no reply ({why}); counted as delivered"),
+            (Ok(Reply::Broken(why)), _) => {
+                log::warn!("event {id}: sent, but no reply ({why}); counted as delivered")
+            }
             (Ok(Reply::Status { .. }), _) => log::debug!("event {id} delivered"),
         }
         if kind == EventKind::Alarm {

@@ -78,7 +78,10 @@ fn add_inst_sends_add_and_moves_between_hosts() {
         inv.add_inst("compute-9", "i2", false),
         Err(InvError::UnknownHost("compute-9".into()))
     );
-    assert_eq!(inv.add_inst("compute-0", "", false), Err(InvError::EmptyUuid));
+    assert_eq!(
+        inv.add_inst("compute-0", "", false),
+        Err(InvError::EmptyUuid)
+    );
 }
 
 #[test]

@@ -92,8 +92,12 @@ pub fn encode(c: &ServerCmd, source: &str) -> Result<Vec<u8>, LinkError> {
         event: event.to_string(),
     };
     let (code, payload) = match c {
-        ServerCmd::AddInst { uuid, enabled } => (cmd::ADD_INST, to_json(&inst(uuid, enabled_str(*enabled)))),
-        ServerCmd::ModInst { uuid, enabled } => (cmd::MOD_INST, to_json(&inst(uuid, enabled_str(*enabled)))),
+        ServerCmd::AddInst { uuid, enabled } => {
+            (cmd::ADD_INST, to_json(&inst(uuid, enabled_str(*enabled))))
+        }
+        ServerCmd::ModInst { uuid, enabled } => {
+            (cmd::MOD_INST, to_json(&inst(uuid, enabled_str(*enabled))))
+        }
         ServerCmd::DelInst { uuid } => (cmd::DEL_INST, to_json(&inst(uuid, "disabled"))),
         ServerCmd::ModHost { host_uuid, enabled } => (
             cmd::MOD_HOST,
@@ -140,7 +144,10 @@ impl State {
             ServerMsg::Loss(l) => self.on_loss(&l, now),
             ServerMsg::QueryReply(info) => self.on_query_reply(from, info, now),
             ServerMsg::VoteNotify(v) => self.on_vote_notify(v, now),
-            ServerMsg::Unsupported(c) => self.warn_limited(now, format!("unsupported guestServer command {c:#010x} from {from}")),
+            ServerMsg::Unsupported(c) => self.warn_limited(
+                now,
+                format!("unsupported guestServer command {c:#010x} from {from}"),
+            ),
         }
     }
 
@@ -161,7 +168,10 @@ impl State {
         }
         match self.inv.set_inst_state(hostname) {
             Ok(out) => {
-                log::info!("{hostname} guestServer ready; replaying {} instance(s)", out.len());
+                log::info!(
+                    "{hostname} guestServer ready; replaying {} instance(s)",
+                    out.len()
+                );
                 self.send_all(out);
             }
             Err(e) => self.warn_limited(now, format!("READY from {from}: {e}")),
@@ -175,7 +185,12 @@ impl State {
             return;
         };
         if inst.hostname != info.hostname {
-            log::info!("{} reported by {} but recorded on {}", info.uuid, info.hostname, inst.hostname);
+            log::info!(
+                "{} reported by {} but recorded on {}",
+                info.uuid,
+                info.hostname,
+                inst.hostname
+            );
         }
         absorb(inst, &info);
         let event = match running {
@@ -185,7 +200,11 @@ impl State {
                 VimEvent::service(inst)
             }
             None => {
-                log::warn!("{} unhealthy, repair action {}", inst.uuid, inst.corrective_action);
+                log::warn!(
+                    "{} unhealthy, repair action {}",
+                    inst.uuid,
+                    inst.corrective_action
+                );
                 VimEvent::alarm(inst, "unhealthy")
             }
         };
@@ -196,18 +215,33 @@ impl State {
     fn on_loss(&mut self, loss: &Loss, now: Instant) {
         let host_on = self.inv.host(&loss.hostname).map(|h| h.reporting);
         if host_on != Some(true) {
-            log::warn!("heartbeat loss of {} on {}: host reporting disabled", loss.uuid, loss.hostname);
+            log::warn!(
+                "heartbeat loss of {} on {}: host reporting disabled",
+                loss.uuid,
+                loss.hostname
+            );
             return;
         }
         let Some(inst) = self.inv.instance(&loss.uuid) else {
-            self.warn_limited(now, format!("heartbeat loss of unknown instance {}", loss.uuid));
+            self.warn_limited(
+                now,
+                format!("heartbeat loss of unknown instance {}", loss.uuid),
+            );
             return;
         };
         if !inst.reporting {
-            log::warn!("heartbeat loss of {}: instance reporting disabled", loss.uuid);
+            log::warn!(
+                "heartbeat loss of {}: instance reporting disabled",
+                loss.uuid
+            );
             return;
         }
-        log::error!("heartbeat loss of {} on {}; action {}", inst.uuid, loss.hostname, inst.corrective_action);
+        log::error!(
+            "heartbeat loss of {} on {}; action {}",
+            inst.uuid,
+            loss.hostname,
+            inst.corrective_action
+        );
         let event = VimEvent::alarm(inst, "failed");
         self.push_event(event, now);
     }
@@ -223,17 +257,26 @@ impl State {
         let recorded = self.inv.instance(&info.uuid).map(|i| i.hostname.clone());
         if recorded.as_deref() != Some(h.as_str()) {
             match &recorded {
-                None => log::info!("{h} reports unknown instance {}; deleting it there", info.uuid),
-                Some(o) => log::info!("{} no longer paired with {h} (now on {o}); deleting it there", info.uuid),
+                None => log::info!(
+                    "{h} reports unknown instance {}; deleting it there",
+                    info.uuid
+                ),
+                Some(o) => log::info!(
+                    "{} no longer paired with {h} (now on {o}); deleting it there",
+                    info.uuid
+                ),
             }
-            let out = self.inv.command(&h, del.clone()).unwrap_or(super::inventory::Outgoing {
-                hostname: h.clone(),
-                dest: Dest {
-                    ip: from.ip().to_string(),
-                    port: self.cfg.client_port,
-                },
-                cmd: del,
-            });
+            let out = self
+                .inv
+                .command(&h, del.clone())
+                .unwrap_or(super::inventory::Outgoing {
+                    hostname: h.clone(),
+                    dest: Dest {
+                        ip: from.ip().to_string(),
+                        port: self.cfg.client_port,
+                    },
+                    cmd: del,
+                });
             self.send(out);
             return;
         }
@@ -274,14 +317,28 @@ impl State {
             ("accept" | "complete", "revocable") => "allow",
             ("accept" | "complete", "irrevocable") => "proceed",
             ("accept" | "complete", other) => {
-                log::warn!("vote {} for {} with notification type {other:?}: not sent", v.vote, v.uuid);
+                log::warn!(
+                    "vote {} for {} with notification type {other:?}: not sent",
+                    v.vote,
+                    v.uuid
+                );
                 return;
             }
             ("reject", _) => "reject",
             _ => "",
         };
-        log::info!("{} {} {}: {} ({})", v.uuid, v.notification_type, v.event_type, v.vote, v.reason);
-        self.push_event(VimEvent::action(&v.uuid, &v.event_type, response, &v.reason), now);
+        log::info!(
+            "{} {} {}: {} ({})",
+            v.uuid,
+            v.notification_type,
+            v.event_type,
+            v.vote,
+            v.reason
+        );
+        self.push_event(
+            VimEvent::action(&v.uuid, &v.event_type, response, &v.reason),
+            now,
+        );
     }
 }
 
@@ -296,12 +353,18 @@ mod tests {
         assert_eq!(&b[..18], b"guest msg header:\0");
         assert_eq!(&b[72..76], &cmd::QRY_INST.to_le_bytes());
         let b = encode(&ServerCmd::DelInst { uuid: "u".into() }, "s").unwrap();
-        assert_eq!(&b[100..], br#"{"source":"s","uuid":"u","service":"heartbeat","state":"disabled"}"#);
+        assert_eq!(
+            &b[100..],
+            br#"{"source":"s","uuid":"u","service":"heartbeat","state":"disabled"}"#
+        );
     }
 
     #[test]
     fn decodes_full_guest_server_datagrams() {
-        let env = Envelope::new(cmd::HEARTBEAT_LOSS, br#"{"hostname":"h","uuid":"u"}"#.to_vec());
+        let env = Envelope::new(
+            cmd::HEARTBEAT_LOSS,
+            br#"{"hostname":"h","uuid":"u"}"#.to_vec(),
+        );
         let msg = decode(&env.encode_full().unwrap()).unwrap();
         assert_eq!(
             msg,
@@ -313,6 +376,9 @@ mod tests {
         let bad = Envelope::new(cmd::VOTE_NOTIFY, br#"{"reason":"a"b"}"#.to_vec());
         assert!(decode(&bad.encode_full().unwrap()).is_err());
         let other = Envelope::new(0x1234, vec![]);
-        assert_eq!(decode(&other.encode_full().unwrap()).unwrap(), ServerMsg::Unsupported(0x1234));
+        assert_eq!(
+            decode(&other.encode_full().unwrap()).unwrap(),
+            ServerMsg::Unsupported(0x1234)
+        );
     }
 }

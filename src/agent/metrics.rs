@@ -61,28 +61,104 @@ pub fn render(s: &State) -> String {
     }
     let mut out = String::new();
     let one = |v: u64| vec![(String::new(), v)];
-    metric(&mut out, "guestagent_hosts", "gauge", "Hosts in the inventory.", &one(s.inv.host_count() as u64));
+    metric(
+        &mut out,
+        "guestagent_hosts",
+        "gauge",
+        "Hosts in the inventory.",
+        &one(s.inv.host_count() as u64),
+    );
     let samples: Vec<(String, u64)> = by_state
         .iter()
         .map(|((r, h), n)| {
             (
-                format!("{{reporting=\"{}\",heartbeating=\"{}\"}}", enabled_str(*r), enabled_str(*h)),
+                format!(
+                    "{{reporting=\"{}\",heartbeating=\"{}\"}}",
+                    enabled_str(*r),
+                    enabled_str(*h)
+                ),
                 *n,
             )
         })
         .collect();
-    metric(&mut out, "guestagent_instances", "gauge", "Instances by reporting and heartbeating state.", &samples);
+    metric(
+        &mut out,
+        "guestagent_instances",
+        "gauge",
+        "Instances by reporting and heartbeating state.",
+        &samples,
+    );
     let st = s.outbox.stats;
-    metric(&mut out, "guestagent_vim_events_sent_total", "counter", "VIM events delivered.", &one(st.delivered));
-    metric(&mut out, "guestagent_vim_events_retried_total", "counter", "VIM event attempts that will be retried.", &one(st.retried));
-    metric(&mut out, "guestagent_vim_events_rejected_total", "counter", "VIM events dropped after a 4xx.", &one(st.rejected));
-    metric(&mut out, "guestagent_vim_events_overflowed_total", "counter", "Service events dropped because the outbox was full.", &one(st.overflowed));
-    metric(&mut out, "guestagent_vim_events_pending", "gauge", "VIM events in the outbox.", &one(s.outbox.len() as u64));
+    metric(
+        &mut out,
+        "guestagent_vim_events_sent_total",
+        "counter",
+        "VIM events delivered.",
+        &one(st.delivered),
+    );
+    metric(
+        &mut out,
+        "guestagent_vim_events_retried_total",
+        "counter",
+        "VIM event attempts that will be retried.",
+        &one(st.retried),
+    );
+    metric(
+        &mut out,
+        "guestagent_vim_events_rejected_total",
+        "counter",
+        "VIM events dropped after a 4xx.",
+        &one(st.rejected),
+    );
+    metric(
+        &mut out,
+        "guestagent_vim_events_overflowed_total",
+        "counter",
+        "Service events dropped because the outbox was full.",
+        &one(st.overflowed),
+    );
+    metric(
+        &mut out,
+        "guestagent_vim_events_pending",
+        "gauge",
+        "VIM events in the outbox.",
+        &one(s.outbox.len() as u64),
+    );
     let c = s.counters;
-    metric(&mut out, "guestagent_datagrams_received_total", "counter", "guestServer datagrams handled.", &one(c.datagrams_in));
-    metric(&mut out, "guestagent_datagrams_bad_total", "counter", "Datagrams that could not be decoded.", &one(c.bad_datagrams));
-    metric(&mut out, "guestagent_commands_sent_total", "counter", "Commands sent to guestServers.", &one(c.udp_sent));
-    metric(&mut out, "guestagent_command_send_errors_total", "counter", "Commands that could not be sent.", &one(c.udp_send_errors));
-    metric(&mut out, "guestagent_audits_total", "counter", "State query audit passes.", &one(c.audits));
+    metric(
+        &mut out,
+        "guestagent_datagrams_received_total",
+        "counter",
+        "guestServer datagrams handled.",
+        &one(c.datagrams_in),
+    );
+    metric(
+        &mut out,
+        "guestagent_datagrams_bad_total",
+        "counter",
+        "Datagrams that could not be decoded.",
+        &one(c.bad_datagrams),
+    );
+    metric(
+        &mut out,
+        "guestagent_commands_sent_total",
+        "counter",
+        "Commands sent to guestServers.",
+        &one(c.udp_sent),
+    );
+    metric(
+        &mut out,
+        "guestagent_command_send_errors_total",
+        "counter",
+        "Commands that could not be sent.",
+        &one(c.udp_send_errors),
+    );
+    metric(
+        &mut out,
+        "guestagent_audits_total",
+        "counter",
+        "State query audit passes.",
+        &one(c.audits),
+    );
     out
 }

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod mtc;
 pub mod outbox;
 pub mod persist;
+pub mod run;
 pub mod state;
 pub mod url;
 pub mod vim_client;

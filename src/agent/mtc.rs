@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use gh_threads::udp::Datagram;
 
-use crate::wire::envelope::{cmd, Envelope, HDR_LEN, READY_TAG, READY_TAG_OFFSET, SIG_GUEST, SIG_MTC_CMD};
+use crate::wire::envelope::{
+    cmd, Envelope, HDR_LEN, READY_TAG, READY_TAG_OFFSET, SIG_GUEST, SIG_MTC_CMD,
+};
 use crate::wire::payload::HostInventory;
 
 use super::dispatcher::Event;
@@ -28,7 +30,9 @@ pub enum MtcMsg {
 pub fn decode(bytes: &[u8]) -> Result<MtcMsg, LinkError> {
     let env = Envelope::decode(bytes)?;
     if env.signature() != SIG_MTC_CMD {
-        return Err(LinkError::Signature(String::from_utf8_lossy(env.signature()).into_owned()));
+        return Err(LinkError::Signature(
+            String::from_utf8_lossy(env.signature()).into_owned(),
+        ));
     }
     let inv = |env: &Envelope| {
         serde_json::from_slice::<HostInventory>(&env.payload).map_err(|source| LinkError::Json {
@@ -82,7 +86,9 @@ impl State {
                         self.state_dirty = true;
                         self.host_added(now);
                     }
-                    Err(InvError::HostExists(_)) => log::debug!("host {} already known", h.hostname),
+                    Err(InvError::HostExists(_)) => {
+                        log::debug!("host {} already known", h.hostname)
+                    }
                     Err(e) => log::warn!("ADD_HOST {}: {e}", h.hostname),
                 }
             }
@@ -103,7 +109,11 @@ impl State {
                     Err(e) => log::warn!("MOD_HOST {}: {e}", h.hostname),
                 }
             }
-            MtcMsg::DelHost(h) => match self.inv.del_host(&h.uuid).or_else(|_| self.inv.del_host(&h.hostname)) {
+            MtcMsg::DelHost(h) => match self
+                .inv
+                .del_host(&h.uuid)
+                .or_else(|_| self.inv.del_host(&h.hostname))
+            {
                 Ok(out) => {
                     log::info!("host {} deleted by mtcAgent", h.hostname);
                     self.state_dirty = true;
@@ -111,7 +121,9 @@ impl State {
                 }
                 Err(e) => log::warn!("DEL_HOST {}: {e}", h.hostname),
             },
-            MtcMsg::Unsupported(c) => self.warn_limited(now, format!("unsupported mtcAgent command {c:#010x}")),
+            MtcMsg::Unsupported(c) => {
+                self.warn_limited(now, format!("unsupported mtcAgent command {c:#010x}"))
+            }
         }
     }
 }
@@ -131,13 +143,18 @@ mod tests {
 
     #[test]
     fn commands_need_the_mtc_signature() {
-        let payload = br#"{"hostname":"compute-0","uuid":"u","ip":"10.0.0.5","personality":"worker"}"#.to_vec();
+        let payload =
+            br#"{"hostname":"compute-0","uuid":"u","ip":"10.0.0.5","personality":"worker"}"#
+                .to_vec();
         let env = Envelope::signed(SIG_MTC_CMD, cmd::ADD_HOST, payload.clone());
         match decode(&env.encode_short().unwrap()).unwrap() {
             MtcMsg::AddHost(h) => assert_eq!(h.ip.as_deref(), Some("10.0.0.5")),
             other => panic!("{other:?}"),
         }
         let unsigned = Envelope::new(cmd::ADD_HOST, payload);
-        assert!(matches!(decode(&unsigned.encode_full().unwrap()), Err(LinkError::Signature(_))));
+        assert!(matches!(
+            decode(&unsigned.encode_full().unwrap()),
+            Err(LinkError::Signature(_))
+        ));
     }
 }

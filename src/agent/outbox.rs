@@ -224,8 +224,7 @@ impl Outbox {
         };
         match outcome {
             Delivery::Retry => {
-                let Some(head) = self.queues.get_mut(&instance).and_then(|q| q.front_mut())
-                else {
+                let Some(head) = self.queues.get_mut(&instance).and_then(|q| q.front_mut()) else {
                     return;
                 };
                 head.attempts = head.attempts.saturating_add(1);

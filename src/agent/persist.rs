@@ -51,7 +51,8 @@ pub enum PersistError {
 }
 
 fn save<T: Serialize>(path: PathBuf, value: &T) -> Result<(), PersistError> {
-    let bytes = serde_json::to_vec_pretty(value).map_err(|e| PersistError::Json(path.clone(), e))?;
+    let bytes =
+        serde_json::to_vec_pretty(value).map_err(|e| PersistError::Json(path.clone(), e))?;
     write_atomic(&path, &bytes).map_err(|e| PersistError::Write(path, e))
 }
 
@@ -87,7 +88,11 @@ fn load_one<T: for<'de> Deserialize<'de> + Default>(path: &Path) -> T {
         Ok(v) => v,
         Err(e) => {
             let aside = path.with_extension("json.corrupt");
-            log::error!("{} is corrupt ({e}); moved to {}", path.display(), aside.display());
+            log::error!(
+                "{} is corrupt ({e}); moved to {}",
+                path.display(),
+                aside.display()
+            );
             let _ = fs::rename(path, &aside);
             T::default()
         }
@@ -119,13 +124,30 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         assert_eq!(load(&dir).unwrap(), Persisted::default());
         let mut inv = Inventory::default();
-        inv.add_host("c0", "h0", Dest { ip: "10.0.0.1".into(), port: 2411 }).unwrap();
+        inv.add_host(
+            "c0",
+            "h0",
+            Dest {
+                ip: "10.0.0.1".into(),
+                port: 2411,
+            },
+        )
+        .unwrap();
         inv.host_inst("c0", true).unwrap();
         inv.add_inst("c0", "i1", true).unwrap();
         save_state(&dir, &inv).unwrap();
-        let backoff = Backoff { min: Duration::from_secs(1), max: Duration::from_secs(2) };
+        let backoff = Backoff {
+            min: Duration::from_secs(1),
+            max: Duration::from_secs(2),
+        };
         let mut ob = Outbox::new(10, 1, backoff);
-        ob.push("i1", EventKind::Alarm, "/p".into(), "{}".into(), Instant::now());
+        ob.push(
+            "i1",
+            EventKind::Alarm,
+            "/p".into(),
+            "{}".into(),
+            Instant::now(),
+        );
         save_outbox(&dir, &ob).unwrap();
         let back = load(&dir).unwrap();
         assert!(back.hosts[0].reporting);

@@ -160,7 +160,11 @@ impl State {
         };
         let Ok(ip) = out.dest.ip.parse::<IpAddr>() else {
             self.counters.udp_send_errors += 1;
-            log::error!("{}: bad guestServer address {:?}", out.hostname, out.dest.ip);
+            log::error!(
+                "{}: bad guestServer address {:?}",
+                out.hostname,
+                out.dest.ip
+            );
             return;
         };
         let to = SocketAddr::new(ip, out.dest.port);

@@ -70,7 +70,10 @@ mod tests {
     #[test]
     fn host_urls_with_and_without_suffix() {
         let p = parse(&format!("/v1/hosts/{U}")).unwrap();
-        assert_eq!((p.level, p.id.as_str(), p.suffix), (Level::Host, U, Suffix::None));
+        assert_eq!(
+            (p.level, p.id.as_str(), p.suffix),
+            (Level::Host, U, Suffix::None)
+        );
         let p = parse(&format!("/v1/hosts/{U}/enable")).unwrap();
         assert_eq!(p.suffix, Suffix::Enable);
         let p = parse(&format!("/v1/hosts/{U}/disable")).unwrap();

@@ -81,7 +81,10 @@ impl std::fmt::Display for VimUrl {
 /// What came back once the request was fully written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
-    Status { code: u16, body: Vec<u8> },
+    Status {
+        code: u16,
+        body: Vec<u8>,
+    },
     /// The peer closed without sending a byte (the Python 3 VIM's habit).
     ClosedWithoutReply,
     /// Reading failed or timed out before a complete status line arrived.
@@ -229,9 +232,15 @@ mod tests {
     #[test]
     fn urls() {
         let u = VimUrl::parse("http://127.0.0.1:30002").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.prefix.as_str()), ("127.0.0.1", 30002, ""));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.prefix.as_str()),
+            ("127.0.0.1", 30002, "")
+        );
         let u = VimUrl::parse("http://[::1]:5/x/").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.prefix.as_str()), ("::1", 5, "/x"));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.prefix.as_str()),
+            ("::1", 5, "/x")
+        );
         assert_eq!(u.authority(), "[::1]:5");
         assert_eq!(VimUrl::parse("http://h").unwrap().port, 80);
         assert!(VimUrl::parse("https://h").is_err());

@@ -60,11 +60,16 @@ impl State {
                     hostname: h.hostname.clone(),
                     state: enabled_str(h.reporting).into(),
                 };
-                to_json(&reply).map(ApiReply::Json).map_err(|_| ApiError::InvalidData)
+                to_json(&reply)
+                    .map(ApiReply::Json)
+                    .map_err(|_| ApiError::InvalidData)
             }
             HostRequest::Set { hostname, enable } => match self.inv.host_inst(&hostname, enable) {
                 Ok(out) => {
-                    log::info!("{hostname}: VIM sets host reporting {}", enabled_str(enable));
+                    log::info!(
+                        "{hostname}: VIM sets host reporting {}",
+                        enabled_str(enable)
+                    );
                     self.state_dirty = true;
                     self.send_all(out);
                     Ok(ApiReply::Pass)

@@ -5,7 +5,9 @@
 use std::time::Instant;
 
 use crate::wire::payload::{enabled_str, to_json};
-use crate::wire::vim::{ActionBody, ActionReply, InstanceCreateBody, InstanceServices, InstanceSetBody, ServiceStatus};
+use crate::wire::vim::{
+    ActionBody, ActionReply, InstanceCreateBody, InstanceServices, InstanceSetBody, ServiceStatus,
+};
 
 use super::{parse_body, ApiError, ApiReply, ApiRequest, Parsed};
 use crate::agent::inventory::{Instance, ServerCmd};
@@ -18,7 +20,11 @@ pub enum InstanceRequest {
     /// I1 POST.
     Create { hostname: String, uuid: String },
     /// I4 PATCH.
-    Set { hostname: String, uuid: String, enable: bool },
+    Set {
+        hostname: String,
+        uuid: String,
+        enable: bool,
+    },
     /// I5 GET.
     Query { id: String },
     /// I6 DELETE.
@@ -106,7 +112,9 @@ pub fn services_reply(inst: &Instance) -> Result<ApiReply, ApiError> {
             status: enabled_str(inst.heartbeating).into(),
         }],
     };
-    to_json(&reply).map(ApiReply::Json).map_err(|_| ApiError::InvalidData)
+    to_json(&reply)
+        .map(ApiReply::Json)
+        .map_err(|_| ApiError::InvalidData)
 }
 
 /// The timeout a vote or notification announces (§4.5).
@@ -119,7 +127,9 @@ pub fn action_timeout(inst: &Instance, action: &str, vote: bool) -> String {
     }
     match action {
         "stop" | "reboot" => inst.shutdown_to.clone(),
-        "pause" | "suspend" | "live_migrate_begin" | "cold_migrate_begin" => inst.suspend_to.clone(),
+        "pause" | "suspend" | "live_migrate_begin" | "cold_migrate_begin" => {
+            inst.suspend_to.clone()
+        }
         "unpause" | "resume" | "live_migrate_end" | "cold_migrate_end" => inst.resume_to.clone(),
         _ => "0".into(),
     }
@@ -127,21 +137,31 @@ pub fn action_timeout(inst: &Instance, action: &str, vote: bool) -> String {
 
 impl State {
     /// Dispatcher side.
-    pub fn on_instance_request(&mut self, r: InstanceRequest, _now: Instant) -> Result<ApiReply, ApiError> {
+    pub fn on_instance_request(
+        &mut self,
+        r: InstanceRequest,
+        _now: Instant,
+    ) -> Result<ApiReply, ApiError> {
         match r {
-            InstanceRequest::Create { hostname, uuid } => match self.inv.add_inst(&hostname, &uuid, false) {
-                Ok(out) => {
-                    log::info!("{uuid} on {hostname}: guest services created");
-                    self.state_dirty = true;
-                    self.send_all(out);
-                    Ok(ApiReply::Pass)
+            InstanceRequest::Create { hostname, uuid } => {
+                match self.inv.add_inst(&hostname, &uuid, false) {
+                    Ok(out) => {
+                        log::info!("{uuid} on {hostname}: guest services created");
+                        self.state_dirty = true;
+                        self.send_all(out);
+                        Ok(ApiReply::Pass)
+                    }
+                    Err(e) => {
+                        log::warn!("create {uuid} on {hostname}: {e}");
+                        Err(ApiError::InvalidData)
+                    }
                 }
-                Err(e) => {
-                    log::warn!("create {uuid} on {hostname}: {e}");
-                    Err(ApiError::InvalidData)
-                }
-            },
-            InstanceRequest::Set { hostname, uuid, enable } => match self.inv.mod_inst(&hostname, &uuid, enable) {
+            }
+            InstanceRequest::Set {
+                hostname,
+                uuid,
+                enable,
+            } => match self.inv.mod_inst(&hostname, &uuid, enable) {
                 Ok(out) => {
                     log::info!("{uuid} on {hostname}: reporting {}", enabled_str(enable));
                     self.state_dirty = true;
@@ -154,7 +174,9 @@ impl State {
                     Err(ApiError::NotFound)
                 }
             },
-            InstanceRequest::Query { id } => services_reply(self.inv.instance(&id).ok_or(ApiError::NotFound)?),
+            InstanceRequest::Query { id } => {
+                services_reply(self.inv.instance(&id).ok_or(ApiError::NotFound)?)
+            }
             InstanceRequest::Delete { id } => match self.inv.del_inst(&id) {
                 Ok(out) => {
                     log::info!("{id}: guest services deleted");
@@ -203,7 +225,9 @@ impl State {
                     action,
                     timeout,
                 };
-                to_json(&reply).map(ApiReply::Json).map_err(|_| ApiError::InvalidData)
+                to_json(&reply)
+                    .map(ApiReply::Json)
+                    .map_err(|_| ApiError::InvalidData)
             }
         }
     }

@@ -79,7 +79,10 @@ impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
             ApiError::Forbidden => 403,
-            ApiError::Parse | ApiError::InvalidData | ApiError::BadState | ApiError::Unsupported => 400,
+            ApiError::Parse
+            | ApiError::InvalidData
+            | ApiError::BadState
+            | ApiError::Unsupported => 400,
             ApiError::NotFound => 404,
             ApiError::LengthRequired => 411,
             ApiError::TooLarge => 413,
@@ -176,10 +179,16 @@ fn route(req: &Request, ctx: &ApiContext) -> (&'static str, Result<ApiReply, Api
         Err(e) => return ("other", Err(e)),
     };
     match parsed.level {
-        Level::Host => ("hosts", hosts::parse(req.method(), &parsed, &body).and_then(|r| dispatch(ctx, r))),
+        Level::Host => (
+            "hosts",
+            hosts::parse(req.method(), &parsed, &body).and_then(|r| dispatch(ctx, r)),
+        ),
         Level::Instance => {
             let endpoint = instances::endpoint(&parsed);
-            (endpoint, instances::parse(req.method(), &parsed, &body).and_then(|r| dispatch(ctx, r)))
+            (
+                endpoint,
+                instances::parse(req.method(), &parsed, &body).and_then(|r| dispatch(ctx, r)),
+            )
         }
     }
 }
@@ -203,9 +212,17 @@ fn ask(ctx: &ApiContext, req: ApiRequest) -> Result<ApiReply, ApiError> {
     let (reply_tx, reply_rx) = bounded(1);
     let deadline = Instant::now() + ctx.timeout;
     ctx.tx
-        .send_deadline(Event::Api { req, reply: reply_tx }, deadline)
+        .send_deadline(
+            Event::Api {
+                req,
+                reply: reply_tx,
+            },
+            deadline,
+        )
         .map_err(|_| ApiError::Busy)?;
-    reply_rx.recv_deadline(deadline).map_err(|_| ApiError::Busy)?
+    reply_rx
+        .recv_deadline(deadline)
+        .map_err(|_| ApiError::Busy)?
 }
 
 impl State {
