@@ -1,0 +1,3 @@
+//! Integration tests: one binary, one module per area (house rule 15).
+
+mod agent_api;
