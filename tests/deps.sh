@@ -5,7 +5,7 @@
 set -eu
 
 # package:command-that-proves-it-is-installed
-NEEDED="rpm:rpmbuild debugedit:find-debuginfo elfutils:eu-strip resource-agents:ocf-tester libxml2-utils:xmllint logrotate:logrotate shellcheck:shellcheck procps:pidof cpio:cpio systemd:systemd-analyze"
+NEEDED="rpm:rpmbuild debugedit:find-debuginfo elfutils:eu-strip resource-agents:ocf-tester libxml2-utils:xmllint logrotate:logrotate shellcheck:shellcheck procps:pidof cpio:cpio systemd:systemd-analyze python3:python3 util-linux:unshare"
 
 missing=""
 for item in $NEEDED; do
