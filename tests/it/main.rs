@@ -6,6 +6,7 @@
 mod support;
 mod util;
 
+mod agent_api;
 mod guest_client;
 mod guest_sim;
 mod server_process;
