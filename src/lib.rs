@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod daemon;
+pub mod demo;
 pub mod guest;
 pub mod ini;
 pub mod rng;
