@@ -1,3 +1,4 @@
 //! Integration tests: one binary, one module per area (house rule 15).
 
 mod agent_api;
+mod agent_support;
