@@ -69,19 +69,29 @@ pub struct AgentCfg {
     pub mtc_listen: u16,
     pub extra: Vec<String>,
     pub ini: String,
+    /// Holds the VIM port until a `FakeVim` takes it, so that no outgoing
+    /// connection grabs it as its ephemeral port meanwhile.
+    pub vim_listener: Option<TcpListener>,
 }
 
 impl AgentCfg {
     pub fn new(tag: &str) -> Self {
+        let vim_listener = TcpListener::bind("127.0.0.1:0").unwrap();
         Self {
             dir: temp_dir(tag),
             http: free_port(),
             listen: free_port(),
-            vim: free_port(),
+            vim: vim_listener.local_addr().unwrap().port(),
             mtc_listen: free_port(),
             extra: Vec::new(),
             ini: String::new(),
+            vim_listener: Some(vim_listener),
         }
+    }
+
+    /// Starts the fake VIM on the reserved port.
+    pub fn vim(&mut self) -> FakeVim {
+        FakeVim::serve(self.vim_listener.take().expect("VIM already started"))
     }
 
     pub fn arg(mut self, a: &str) -> Self {
@@ -429,8 +439,22 @@ fn read_request(s: &mut TcpStream) -> Option<VimReq> {
 }
 
 impl FakeVim {
-    pub fn start(port: u16) -> Self {
-        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    /// Binds `port` again (after an outage), retrying while it is in use.
+    pub fn start_on(port: u16) -> Self {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match TcpListener::bind(("127.0.0.1", port)) {
+                Ok(l) => return Self::serve(l),
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "cannot rebind VIM port {port}: {e}"
+                ),
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn serve(listener: TcpListener) -> Self {
         let (tx, rx) = crossbeam_channel::unbounded();
         let mode = Arc::new(Mutex::new(VimMode::Close));
         let host_state = Arc::new(Mutex::new(

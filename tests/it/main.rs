@@ -1,4 +1,5 @@
 //! Integration tests: one binary, one module per area (house rule 15).
 
 mod agent_api;
+mod agent_link;
 mod agent_support;
