@@ -3,3 +3,4 @@
 mod agent_api;
 mod agent_link;
 mod agent_support;
+mod agent_vim;
