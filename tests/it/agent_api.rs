@@ -2,6 +2,8 @@
 //! original guestAgentTest.sh (agent spec §10), every call of spec §5.1 with
 //! the VIM's headers, the error paths, and /metrics.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use crate::agent_support::*;
 use serde_json::json;
 

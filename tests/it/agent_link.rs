@@ -3,6 +3,8 @@
 //! every guestServer event of §7.4 and its VIM event, READY replay, the query
 //! audit and its replies, and the host inventory of §8.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use crate::agent_support::*;

@@ -3,7 +3,7 @@
 //! client, a fake guestServer and a fake mtcAgent (UDP sockets), and a fake
 //! VIM event server. Every wait has a deadline.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};

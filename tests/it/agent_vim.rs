@@ -4,6 +4,8 @@
 //! with fast back-off, and the real 30 s one), persistence across restarts,
 //! the audit's instance list, signals, and configuration errors.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
