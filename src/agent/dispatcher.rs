@@ -208,3 +208,7 @@ impl Dispatcher {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "dispatcher_tests.rs"]
+mod tests;
