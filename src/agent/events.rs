@@ -122,7 +122,9 @@ impl State {
                 dropped.instance
             );
         }
+        // On disk before anything tries to send it: a crash now loses nothing.
         self.outbox_dirty = true;
+        self.persist();
         self.pump_outbox(now);
     }
 
