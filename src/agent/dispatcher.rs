@@ -150,11 +150,32 @@ impl Dispatcher {
                 }
             }
             libc::SIGHUP => self.reload(),
+            libc::SIGUSR2 => self.dump(),
             libc::SIGTERM | libc::SIGINT => {
                 log::info!("signal {sig}: shutting down");
                 self.state.stop = true;
             }
             other => log::debug!("signal {other} ignored"),
+        }
+    }
+
+    /// SIGUSR2: the host and instance tables and the outbox, to the log.
+    fn dump(&self) {
+        let s = &self.state;
+        log::info!("dump: {} host(s), {} pending VIM event(s), config {:?}", s.inv.host_count(), s.outbox.len(), s.cfg);
+        for h in s.inv.hosts() {
+            log::info!(
+                "dump: host {} uuid {} at {}:{} reporting {} instances {}",
+                h.hostname,
+                h.uuid,
+                h.dest.ip,
+                h.dest.port,
+                h.reporting,
+                h.instances.len()
+            );
+        }
+        for i in s.inv.instances() {
+            log::info!("dump: instance {i:?}");
         }
     }
 
@@ -184,3 +205,7 @@ impl Dispatcher {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "dispatcher_tests.rs"]
+mod tests;

@@ -99,7 +99,9 @@ impl State {
         if let Some(dropped) = self.outbox.push(&ev.instance, ev.kind, event_path(&ev.instance), body, now) {
             log::warn!("outbox full: dropped service event {} for {}", dropped.id, dropped.instance);
         }
+        // On disk before anything tries to send it: a crash now loses nothing.
         self.outbox_dirty = true;
+        self.persist();
         self.pump_outbox(now);
     }
 

@@ -164,10 +164,15 @@ impl State {
         if inst.hostname != info.hostname {
             log::info!("{} reported by {} but recorded on {}", info.uuid, info.hostname, inst.hostname);
         }
+        let before = inst.clone();
         absorb(inst, &info);
+        if let Some(on) = running {
+            inst.heartbeating = on;
+        }
+        // Only real changes are written: status events repeat the same values.
+        let changed = *inst != before;
         let event = match running {
             Some(on) => {
-                inst.heartbeating = on;
                 log::info!("{} heartbeating {}", inst.uuid, enabled_str(on));
                 VimEvent::service(inst)
             }
@@ -176,7 +181,7 @@ impl State {
                 VimEvent::alarm(inst, "unhealthy")
             }
         };
-        self.state_dirty = true;
+        self.state_dirty |= changed;
         self.push_event(event, now);
     }
 
@@ -222,6 +227,7 @@ impl State {
         let Some(inst) = self.inv.instance_mut(&info.uuid) else {
             return;
         };
+        let before = inst.clone();
         let (r0, b0) = (inst.reporting, inst.heartbeating);
         absorb(inst, &info);
         let mut event = None;
@@ -232,7 +238,8 @@ impl State {
             event = Some(VimEvent::service(inst));
         }
         let reported = info.reporting == "enabled";
-        self.state_dirty = true;
+        // Query replies arrive every 10 s per instance; write only on change.
+        self.state_dirty |= *inst != before;
         if reported != r0 {
             let cmd = ServerCmd::ModInst { uuid: info.uuid.clone(), enabled: r0 };
             if let Some(out) = self.inv.command(&h, cmd) {

@@ -40,7 +40,7 @@ fn per_instance_order_survives_an_outage() {
     assert_eq!(o.stats.retried, 10);
     // VIM back.
     let mut got = Vec::new();
-    while o.len() > 0 {
+    while !o.is_empty() {
         now = o.next_due().unwrap().max(now);
         while let Some(j) = o.next_job(now) {
             got.push(j.body.clone());

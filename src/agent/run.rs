@@ -140,7 +140,12 @@ fn run(argv: Vec<String>) -> Result<(), MainError> {
         daemon::daemonize()?;
     }
     let target = if settings.foreground { LogTarget::Stderr } else { LogTarget::Syslog };
-    daemon::init_logging("guestAgent", &target, settings.log_level)?;
+    if let Err(e) = daemon::init_logging("guestAgent", &target, settings.log_level) {
+        // No syslog (a container without /dev/log): keep running rather than
+        // die silently after daemonising; stderr is all there is then.
+        daemon::init_logging("guestAgent", &LogTarget::Stderr, settings.log_level)?;
+        log::warn!("syslog unavailable ({}); logging to stderr", report(&e));
+    }
     if let Err(e) = daemon::write_health_file(&settings.health_file, "guestAgent") {
         log::warn!("cannot write {}: {e}", settings.health_file.display());
     }

@@ -7,6 +7,10 @@ mod support;
 mod util;
 
 mod agent_api;
+mod agent_fakes;
+mod agent_link;
+mod agent_support;
+mod agent_vim;
 mod guest_client;
 mod guest_sim;
 mod server_process;
