@@ -33,6 +33,8 @@ pub enum Note {
     Vim { uuid: String, text: String },
     /// A call the VIM made to guestAgent and its answer.
     VimCall(String),
+    /// The end: the printer returns (other threads may still hold senders).
+    Done,
 }
 
 /// Why the demo could not run.

@@ -229,7 +229,7 @@ pub fn run(opts: &Options, stop: &Receiver<()>) -> Result<Outcome, DemoError> {
             &format!("127.0.0.1:{agent_port}"),
         ]);
         tx.send(Note::Step(format!("starting guestServer for {host} (commands on 127.0.0.1:{port})"))).ok();
-        const KEEP: &[&str] = &["-> agent", "Heartbeat Miss", "connected to"];
+        const KEEP: &[&str] = &["-> agent", "Heartbeat Miss"];
         daemons.push(Daemon::start(&format!("guestServer@{h}"), &server_bin, &a, KEEP, tx.clone())?);
     }
 
@@ -244,7 +244,7 @@ pub fn run(opts: &Options, stop: &Receiver<()>) -> Result<Outcome, DemoError> {
     for sim in sims {
         let _ = sim.stop();
     }
-    drop(tx);
+    tx.send(Note::Done).ok();
     let outcome = printer.join().unwrap_or_default();
     result.map(|()| outcome)
 }

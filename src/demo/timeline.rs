@@ -36,6 +36,7 @@ pub fn print(rx: Receiver<Note>, names: HashMap<String, String>, start: Instant)
     let rename = |text: &str| names.iter().fold(text.to_string(), |t, (u, n)| t.replace(u.as_str(), n));
     for note in rx {
         let (who, text) = match note {
+            Note::Done => break,
             Note::Step(t) => ("demo".to_string(), t),
             Note::Log { who, text } => {
                 if text.contains("Heartbeat Miss") {
