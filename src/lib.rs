@@ -1,9 +1,12 @@
 //! guest-heartbeat: the domain crate. Wire types (`wire`), the guestServer
-//! domain (`server`), the guest-client domain (`guest`), the guest simulator
-//! (`sim`), process plumbing (`daemon`), and the binaries under `src/bin/`.
+//! domain (`server`), the guestAgent domain (`agent`), the guest-client
+//! domain (`guest`), the guest simulator (`sim`), process plumbing
+//! (`daemon`, `ini`), and the binaries under `src/bin/`.
 
+pub mod agent;
 pub mod bench;
 pub mod daemon;
+pub mod demo;
 pub mod guest;
 pub mod ini;
 pub mod rng;

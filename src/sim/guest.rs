@@ -106,8 +106,14 @@ struct Guest {
     next_flap: Option<Instant>,
     sequence: u32,
     rng: Rng,
+    /// When the last non-`none` unhealthy action was sent (the reference
+    /// guest repeats it only every 60 s, spec guest-side §6.4).
+    action_sent: Option<Instant>,
     c: GuestCounters,
 }
+
+/// The reference guest's repeat period for a corrective action.
+const ACTION_REPEAT: Duration = Duration::from_secs(60);
 
 impl Guest {
     fn new(g: GuestSetup) -> Self {
@@ -117,6 +123,7 @@ impl Guest {
             next_flap: g.plan.flap_every.map(|p| g.started + p),
             sequence: 0,
             rng: Rng::with_seed(g.seed),
+            action_sent: None,
             c: GuestCounters { index: g.index, ..Default::default() },
             g,
         }
@@ -362,7 +369,13 @@ impl Guest {
                 std::thread::sleep(d);
                 ("healthy", "reboot", String::new())
             }
-            Behaviour::Unhealthy(a) => ("unhealthy", a.as_str(), "guest-sim unhealthy".into()),
+            Behaviour::Unhealthy(a) => {
+                let due = self.action_sent.is_none_or(|t| t.elapsed() >= ACTION_REPEAT);
+                if due {
+                    self.action_sent = Some(Instant::now());
+                }
+                ("unhealthy", if due { a.as_str() } else { "none" }, "guest-sim unhealthy".into())
+            }
             Behaviour::Garbage => {
                 let _ = s.write_all(b"\nthis is not json\n");
                 let mut long = vec![b'x'; 5000];
@@ -370,7 +383,10 @@ impl Guest {
                 let _ = s.write_all(&long);
                 ("healthy", "reboot", String::new())
             }
-            _ => ("healthy", "reboot", String::new()),
+            _ => {
+                self.action_sent = None;
+                ("healthy", "reboot", String::new())
+            }
         };
         let r = ChallengeResponse {
             heartbeat_response: value,

@@ -1,6 +1,7 @@
 //! Wire formats, and nothing else: the guest channel protocol (`guest`), the
-//! 1060-byte UDP envelope shared with guestAgent and mtcAgent (`envelope`), and
-//! the JSON payloads carried inside it (`payload`).
+//! 1060-byte UDP envelope shared with guestAgent and mtcAgent (`envelope`),
+//! the JSON payloads carried inside it (`payload`), and the JSON bodies
+//! exchanged with the NFV VIM over HTTP (`vim`).
 //!
 //! Pure code; it runs on whichever thread decodes or encodes (reader threads
 //! decode guest lines, the UDP thread decodes datagrams, dispatchers encode).
@@ -9,4 +10,5 @@
 pub mod envelope;
 pub mod guest;
 pub mod payload;
+pub mod vim;
 pub mod vocab;

@@ -166,3 +166,52 @@ mod tests {
         assert_eq!(h.heartbeat, None);
     }
 }
+
+/// ADD_INST / MOD_INST / DEL_INST payload as guestAgent sends it: every key
+/// present, in the original's order (agent §7.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstCmdOut {
+    pub source: String,
+    pub uuid: String,
+    pub service: String,
+    pub state: String,
+}
+
+/// MOD_HOST payload as guestAgent sends it (agent §7.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostCmdOut {
+    pub source: String,
+    pub uuid: String,
+    pub heartbeat: String,
+}
+
+/// VOTE_INST / NOTIFY_INST payload as guestAgent sends it (agent §7.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionCmdOut {
+    pub source: String,
+    pub uuid: String,
+    pub event: String,
+}
+
+#[cfg(test)]
+mod agent_out_tests {
+    use super::*;
+
+    #[test]
+    fn agent_command_payloads_are_exact() {
+        let add = InstCmdOut {
+            source: "10.0.0.1".into(),
+            uuid: "u".into(),
+            service: "heartbeat".into(),
+            state: enabled_str(true).into(),
+        };
+        assert_eq!(
+            to_json(&add).unwrap(),
+            br#"{"source":"10.0.0.1","uuid":"u","service":"heartbeat","state":"enabled"}"#
+        );
+        let host = HostCmdOut { source: "s".into(), uuid: "h".into(), heartbeat: "disabled".into() };
+        assert_eq!(to_json(&host).unwrap(), br#"{"source":"s","uuid":"h","heartbeat":"disabled"}"#);
+        let vote = ActionCmdOut { source: "s".into(), uuid: "u".into(), event: "stop".into() };
+        assert_eq!(to_json(&vote).unwrap(), br#"{"source":"s","uuid":"u","event":"stop"}"#);
+    }
+}

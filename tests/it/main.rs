@@ -6,7 +6,13 @@
 mod support;
 mod util;
 
+mod agent_api;
+mod agent_fakes;
+mod agent_link;
+mod agent_support;
+mod agent_vim;
 mod bench_smoke;
+mod demo;
 mod guest_client;
 mod guest_sim;
 mod server_process;

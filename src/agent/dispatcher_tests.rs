@@ -1,0 +1,145 @@
+//! Dispatcher tests through injected channels and fake time: API requests,
+//! guestServer events, VIM outcomes, timer ticks and signals go in as
+//! `Event`s; commands come out of a loopback UDP socket standing in for a
+//! guestServer, VIM jobs out of the job channels, wake-ups out of a channel.
+
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, unbounded, Receiver};
+
+use super::*;
+use crate::agent::api::HostRequest;
+use crate::agent::config::{settings, Args, StaticHost};
+use crate::agent::persist::Persisted;
+use crate::agent::state::Io;
+use crate::agent::vim_client::{Reply, SendError};
+use crate::agent::vim_sender::{job_channel, VimJob};
+use crate::wire::envelope::cmd;
+use crate::wire::payload::Loss;
+
+const HOST: &str = "010e7741-1173-4a3b-88fa-c4e5905500ca";
+
+struct Rig {
+    d: Dispatcher,
+    gs: UdpSocket,
+    events: Receiver<VimJob>,
+    queries: Receiver<VimJob>,
+    wakes: Receiver<Instant>,
+    t0: Instant,
+    dir: std::path::PathBuf,
+}
+
+fn rig(tag: &str) -> Rig {
+    let dir = std::env::temp_dir().join(format!("gh-agent-disp-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let gs = UdpSocket::bind("127.0.0.1:0").unwrap();
+    gs.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut cfg = settings(&Args::default(), None, None, None).unwrap();
+    cfg.state_dir = dir.clone();
+    cfg.health_file = dir.join("info");
+    cfg.retry_min = Duration::from_millis(100);
+    cfg.hosts = vec![StaticHost {
+        hostname: "compute-0".into(),
+        uuid: HOST.into(),
+        ip: "127.0.0.1".into(),
+        port: gs.local_addr().unwrap().port(),
+    }];
+    let (events_tx, events) = job_channel();
+    let (query_tx, queries) = job_channel();
+    let (wake_tx, wakes) = unbounded::<Instant>();
+    let io = Io { udp: UdpSocket::bind("127.0.0.1:0").unwrap(), events_tx, query_tx, waker: Box::new(wake_tx) };
+    let t0 = Instant::now();
+    let state = State::new(cfg, "127.0.0.1".into(), io, Persisted::default(), t0);
+    let (_tx, rx) = bounded(1);
+    let (_ctl_tx, ctl_rx) = bounded(1);
+    let d = Dispatcher::new(state, rx, ctl_rx, Args::default());
+    Rig { d, gs, events, queries, wakes, t0, dir }
+}
+
+impl Rig {
+    fn api(&mut self, req: ApiRequest) -> Result<ApiReply, ApiError> {
+        let (tx, rx) = bounded(1);
+        assert!(self.d.handle(Event::Api { req, reply: tx }, self.t0).is_none());
+        rx.try_recv().unwrap()
+    }
+
+    fn gs_cmd(&self) -> (u32, String) {
+        let mut buf = [0u8; 1100];
+        let (n, _) = self.gs.recv_from(&mut buf).unwrap();
+        let code = u32::from_le_bytes(buf[72..76].try_into().unwrap());
+        (code, String::from_utf8_lossy(&buf[100..n]).into_owned())
+    }
+}
+
+#[test]
+fn api_request_changes_state_sends_and_persists() {
+    let mut r = rig("api");
+    let reply = r.api(ApiRequest::Host(HostRequest::Set { hostname: "compute-0".into(), enable: true }));
+    assert_eq!(reply, Ok(ApiReply::Pass));
+    let (code, payload) = r.gs_cmd();
+    assert_eq!(code, cmd::MOD_HOST);
+    assert_eq!(payload, format!(r#"{{"source":"127.0.0.1","uuid":"{HOST}","heartbeat":"enabled"}}"#));
+    let saved = std::fs::read_to_string(r.dir.join("agent-state.json")).unwrap();
+    assert!(saved.contains("\"reporting\": true"), "{saved}");
+    let reply = r.api(ApiRequest::Host(HostRequest::Query { id: "nope".into() }));
+    assert_eq!(reply, Err(ApiError::NotFound));
+}
+
+#[test]
+fn loss_goes_to_the_outbox_and_is_retried_on_the_timer() {
+    let mut r = rig("loss");
+    r.d.state.inv.host_inst("compute-0", true).unwrap();
+    r.d.state.inv.mod_inst("compute-0", "i1", true).unwrap();
+    let from = r.gs.local_addr().unwrap();
+    let loss = Loss { hostname: "compute-0".into(), uuid: "i1".into() };
+    let ev = Event::Server { from, msg: Ok(crate::agent::link::ServerMsg::Loss(loss)) };
+    assert!(r.d.handle(ev, r.t0).is_none());
+    let job = r.events.try_recv().unwrap();
+    assert_eq!((job.method, job.path.as_str()), ("PATCH", "/nfvi-plugins/v1/instances/i1"));
+    assert!(String::from_utf8(job.body.clone().unwrap()).unwrap().contains(r#""state":"failed""#));
+    // Connection refused: retried 100 ms later, on a timer tick.
+    let refused = VimDone {
+        tag: job.tag.clone(),
+        target: "t".into(),
+        result: Err(SendError::Connect("t".into(), std::io::ErrorKind::ConnectionRefused.into())),
+    };
+    assert!(r.d.handle(Event::Vim(refused), r.t0).is_none());
+    assert!(r.events.try_recv().is_err());
+    let retry_at = r.t0 + Duration::from_millis(100);
+    assert!(r.wakes.try_iter().any(|w| w == retry_at));
+    assert!(r.d.handle(Event::Tick(retry_at), retry_at).is_none());
+    let again = r.events.try_recv().unwrap();
+    assert_eq!(again.body, job.body);
+    let closed = VimDone { tag: again.tag, target: "t".into(), result: Ok(Reply::ClosedWithoutReply) };
+    assert!(r.d.handle(Event::Vim(closed), retry_at).is_none());
+    assert!(r.d.state.outbox.is_empty());
+    assert_eq!(r.d.state.outbox.stats.delivered, 1);
+}
+
+#[test]
+fn first_audit_two_seconds_after_start() {
+    let mut r = rig("audit");
+    r.d.state.inv.host_inst("compute-0", true).unwrap();
+    r.d.state.inv.mod_inst("compute-0", "i1", true).unwrap();
+    assert!(r.d.handle(Event::Tick(r.t0 + Duration::from_millis(1999)), r.t0).is_none());
+    assert!(r.queries.try_recv().is_err());
+    let at = r.t0 + Duration::from_secs(2);
+    assert!(r.d.handle(Event::Tick(at), at).is_none());
+    let q1 = r.queries.try_recv().unwrap();
+    let q2 = r.queries.try_recv().unwrap();
+    assert_eq!(q1.path, format!("/nfvi-plugins/v1/hosts/{HOST}"));
+    assert!(q1.body.is_some());
+    assert_eq!(q2.path, format!("/nfvi-plugins/v1/instances/?host_uuid={HOST}"));
+    assert_eq!(r.gs_cmd(), (cmd::QRY_INST, r#"{"source":"127.0.0.1"}"#.into()));
+    assert!(r.wakes.try_iter().any(|w| w == at + Duration::from_secs(10)));
+}
+
+#[test]
+fn signals_health_and_stop() {
+    let mut r = rig("signals");
+    assert!(r.d.handle(Event::Signal(libc::SIGUSR1), r.t0).is_none());
+    assert!(std::fs::read_to_string(r.dir.join("info")).unwrap().contains("healthy"));
+    assert_eq!(r.d.handle(Event::Signal(libc::SIGTERM), r.t0), Some(Stop::Clean));
+}
