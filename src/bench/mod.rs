@@ -4,6 +4,7 @@
 //! for guestAgent. Everything runs on the bench's main thread except the
 //! sink's receive thread and the sim-event drain thread (see `case`).
 
+pub mod agent;
 pub mod case;
 pub mod machine;
 pub mod procstat;

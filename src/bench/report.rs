@@ -26,8 +26,8 @@ pub struct Report {
     pub load_avg_end: LoadAvg,
     pub command: String,
     pub server: Vec<CaseResult>,
-    /// guestAgent figures; `None` while guestAgent is not part of this tree.
-    pub agent: Option<serde_json::Value>,
+    /// guestAgent figures; `None` when not measured (see `agent_note`).
+    pub agent: Option<super::agent::AgentResult>,
     pub agent_note: String,
 }
 
@@ -113,7 +113,37 @@ impl Report {
                 c.bench_cpu_pct_of_core
             );
         }
-        let _ = writeln!(t, "\nguestAgent: {}", self.agent_note);
+        match &self.agent {
+            Some(a) => {
+                let _ = writeln!(
+                    t,
+                    "\n| guestAgent | clients | target req/s | achieved req/s | errors | API p50 / p99 / max (ms) | events delivered | event p50 / p99 / max (ms) | agent CPU % core | RSS MiB | load 1m |"
+                );
+                let _ = writeln!(t, "|---|---:|---:|---:|---:|---|---:|---|---:|---:|---:|");
+                let _ = writeln!(
+                    t,
+                    "| VIM API + events | {} | {} | {:.0} | {} | {:.2} / {:.2} / {:.2} | {} of {} | {:.2} / {:.2} / {:.2} | {:.1} | {:.1} | {:.2} |",
+                    a.clients,
+                    a.target_rate_per_sec,
+                    a.achieved_rate_per_sec,
+                    a.errors,
+                    a.api_latency.p50_ms,
+                    a.api_latency.p99_ms,
+                    a.api_latency.max_ms,
+                    a.events_delivered,
+                    a.events_sent,
+                    a.event_latency.p50_ms,
+                    a.event_latency.p99_ms,
+                    a.event_latency.max_ms,
+                    a.agent_cpu_pct_of_core,
+                    a.agent_rss_kib as f64 / 1024.0,
+                    a.load_avg_start.one
+                );
+            }
+            None => {
+                let _ = writeln!(t, "\nguestAgent: {}", self.agent_note);
+            }
+        }
         t
     }
 

@@ -3,8 +3,8 @@
 //! misses). Main thread. Dropping it sends SIGTERM, waits briefly, then kills.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use guest_heartbeat::bench::agent::{self, AgentSpec};
 use guest_heartbeat::bench::case::{self, CaseSpec};
 use guest_heartbeat::bench::machine::{LoadAvg, Machine};
 use guest_heartbeat::bench::report::Report;
@@ -16,19 +17,23 @@ guest-bench: measure guestServer with N simulated guests
 
 USAGE: guest-bench [OPTIONS]
 
-  --quick              ~30 s smoke run: cases 0:1000,20:400, 6 s windows
+  --quick              ~30 s smoke run: cases 0:1000,20:400, 6 s windows,
+                       3 s of VIM-API load, 20 agent instances
   --cases LIST         N:I pairs, comma separated
                        [default: 0:1000,100:1000,1000:1000,4000:1000,0:400,100:400,1000:400,4000:400]
   --window SECS        measurement window per case [default: 20]
   --settle SECS        pause between warm-up and window [default: 2]
   --silent K           guests silenced per case [default: N/20, 1..50]
+  --no-agent           skip the guestAgent case
+  --agent-rate R       VIM-API requests per second, all clients together [default: 2000]
+  --agent-clients C    concurrent VIM-API clients [default: 50]
   --sim-nice N         nice value of the simulated guests' threads [default: 10]
   --pin                pin guestServer to CPU 0 and the sim to the others
   --server PATH        guestServer binary [default: next to this binary]
   --out FILE           JSON result [default: guest-bench.json]
   --doc FILE           Markdown file whose table is replaced [default: docs/PERFORMANCE.md]
   --no-doc             do not touch the Markdown file
-  --scratch DIR        scratch directory [default: $TMPDIR/ghb<pid>]
+  --scratch DIR        scratch directory, kept afterwards [default: $TMPDIR/ghb<pid>, removed]
   -h, --help           this text
 ";
 
@@ -39,6 +44,11 @@ struct Opts {
     silent: Option<usize>,
     sim_nice: i32,
     pin: bool,
+    agent: bool,
+    agent_rate: u32,
+    agent_clients: usize,
+    agent_window: Duration,
+    agent_instances: usize,
     server: Option<PathBuf>,
     out: PathBuf,
     doc: Option<PathBuf>,
@@ -72,6 +82,11 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
         silent: None,
         sim_nice: 10,
         pin: false,
+        agent: true,
+        agent_rate: 2000,
+        agent_clients: 50,
+        agent_window: Duration::from_secs(10),
+        agent_instances: 100,
         server: None,
         out: PathBuf::from("guest-bench.json"),
         doc: Some(PathBuf::from("docs/PERFORMANCE.md")),
@@ -85,6 +100,12 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
                 o.cases = parse_cases("0:1000,20:400")?;
                 o.window = Duration::from_secs(6);
                 o.settle = Duration::from_secs(1);
+                o.agent_window = Duration::from_secs(3);
+                o.agent_instances = 20;
+                continue;
+            }
+            "--no-agent" => {
+                o.agent = false;
                 continue;
             }
             "--pin" => {
@@ -103,6 +124,10 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
             "--window" => o.window = secs(&v, &flag)?,
             "--settle" => o.settle = secs(&v, &flag)?,
             "--silent" => o.silent = Some(v.parse().map_err(|_| format!("--silent: bad number {v:?}"))?),
+            "--agent-rate" => o.agent_rate = v.parse().map_err(|_| format!("--agent-rate: bad number {v:?}"))?,
+            "--agent-clients" => {
+                o.agent_clients = v.parse().map_err(|_| format!("--agent-clients: bad number {v:?}"))?
+            }
             "--sim-nice" => o.sim_nice = v.parse().map_err(|_| format!("--sim-nice: bad number {v:?}"))?,
             "--server" => o.server = Some(PathBuf::from(v)),
             "--out" => o.out = PathBuf::from(v),
@@ -151,7 +176,7 @@ fn main() -> ExitCode {
         command,
         server: Vec::new(),
         agent: None,
-        agent_note: "not yet measured (guestAgent is not merged into this tree)".to_string(),
+        agent_note: "not measured in this run (--no-agent)".to_string(),
     };
     eprintln!("guest-bench: {}; load {:?}", report.machine.line(), report.load_avg_start);
     let mut failed = false;
@@ -182,7 +207,35 @@ fn main() -> ExitCode {
             }
         }
     }
-    let _ = std::fs::remove_dir_all(&scratch);
+    if opts.agent {
+        let spec = AgentSpec {
+            agent_bin: agent::agent_bin_near(&server_bin),
+            scratch: scratch.clone(),
+            clients: opts.agent_clients,
+            rate_per_sec: opts.agent_rate,
+            window: opts.agent_window,
+            instances: opts.agent_instances,
+        };
+        eprintln!("guest-bench: guestAgent case ...");
+        match agent::run(&spec) {
+            Ok(a) => {
+                eprintln!(
+                    "guest-bench:   {:.0} req/s, API p99 {:.2} ms, event p99 {:.2} ms",
+                    a.achieved_rate_per_sec, a.api_latency.p99_ms, a.event_latency.p99_ms
+                );
+                report.agent = Some(a);
+            }
+            Err(e) => {
+                eprintln!("guest-bench: guestAgent case failed: {e}");
+                report.agent_note = format!("failed: {e}");
+                failed = true;
+            }
+        }
+    }
+    if opts.scratch.is_none() {
+        // Kept when given explicitly: the daemons' logs are in it.
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
     report.load_avg_end = LoadAvg::now();
     report.derive();
     if let Err(e) = report.write_json(&opts.out) {

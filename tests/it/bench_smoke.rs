@@ -13,8 +13,9 @@ use crate::support::{wait_for, TestDir};
 fn quick_run_writes_a_result_with_every_field() {
     let dir = TestDir::new("bench");
     let out = dir.path("result.json");
+    // --quick first: its short agent case; the flags after it override the rest.
     let mut child = Command::new(env!("CARGO_BIN_EXE_guest-bench"))
-        .args(["--cases", "0:400,3:400", "--window", "2", "--settle", "0.2", "--silent", "1", "--no-doc"])
+        .args(["--quick", "--cases", "0:400,3:400", "--window", "2", "--settle", "0.2", "--silent", "1", "--no-doc"])
         .arg("--out")
         .arg(&out)
         .arg("--server")
@@ -39,6 +40,15 @@ fn quick_run_writes_a_result_with_every_field() {
         assert!(r.get(key).is_some(), "missing {key}");
     }
     assert!(r["machine"]["cores"].as_u64().unwrap() >= 1);
+    let agent = &r["agent"];
+    for key in
+        ["achieved_rate_per_sec", "requests", "errors", "events_sent", "events_delivered", "agent_cpu_pct_of_core"]
+    {
+        assert!(agent.get(key).is_some(), "agent is missing {key}");
+    }
+    for key in ["n", "p50_ms", "p99_ms", "max_ms"] {
+        assert!(agent["api_latency"].get(key).is_some() && agent["event_latency"].get(key).is_some());
+    }
     let cases = r["server"].as_array().unwrap();
     assert_eq!(cases.len(), 2);
     for c in cases {
