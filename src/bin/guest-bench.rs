@@ -23,7 +23,7 @@ USAGE: guest-bench [OPTIONS]
                        [default: 0:1000,100:1000,1000:1000,4000:1000,0:400,100:400,1000:400,4000:400]
   --window SECS        measurement window per case [default: 20]
   --settle SECS        pause between warm-up and window [default: 2]
-  --silent K           guests silenced per case [default: N/20, 1..50]
+  --silent K           guests silenced per case [default: N/5, 1..200]
   --no-agent           skip the guestAgent case
   --agent-rate R       VIM-API requests per second, all clients together [default: 2000]
   --agent-clients C    concurrent VIM-API clients [default: 50]
@@ -186,7 +186,7 @@ fn main() -> ExitCode {
             interval_ms,
             window: opts.window,
             settle: opts.settle,
-            silent: opts.silent.unwrap_or((guests / 20).clamp(1, 50)).min(guests),
+            silent: opts.silent.unwrap_or((guests / 5).clamp(1, 200)).min(guests),
             server_bin: server_bin.clone(),
             scratch: scratch.clone(),
             sim_nice: opts.sim_nice,
