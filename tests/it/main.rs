@@ -11,6 +11,7 @@ mod agent_fakes;
 mod agent_link;
 mod agent_support;
 mod agent_vim;
+mod client_server;
 mod demo;
 mod guest_client;
 mod guest_sim;
