@@ -1,5 +1,5 @@
-//! A small seeded random source (SplitMix64) for challenge values and guest
-//! invocation ids. Seeded from the kernel's random pool at start, so no two
+//! A small seeded random source (SplitMix64) for challenge values, guest
+//! invocation ids and app challenges. Seeded from the kernel's random pool at start, so no two
 //! runs draw the same sequence (decisions §12); tests seed it explicitly.
 //!
 //! Pure; owned by the dispatcher that draws from it.
@@ -48,6 +48,17 @@ impl Rng {
     /// Uniform in 0..=2^31-1, the range of C `rand()` that peers expect.
     pub fn next_rand31(&mut self) -> u32 {
         (self.next_u64() >> 33) as u32
+    }
+
+    /// An id in 1..=2^31-1 (invocation ids: peers store them as int32 and
+    /// treat 0 as "none").
+    pub fn next_id(&mut self) -> u32 {
+        loop {
+            let v = self.next_rand31();
+            if v != 0 {
+                return v;
+            }
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use super::api_wire::{ApiMsg, AppInit};
 use super::config::MIN_INTERVAL_MS;
 use super::fsm::Guard;
 use super::health::{self, clean_text, Report};
-use super::rng::Rng;
+use crate::rng::Rng;
 use crate::wire::guest::ActionNotify;
 use crate::wire::vocab::{EventType, NotificationType, VoteResult};
 

@@ -37,7 +37,7 @@ fn notify(n: NotificationType) -> ActionNotify {
 fn register_challenge_respond_and_time_out() {
     let t0 = Instant::now();
     let g = Guard::default();
-    let mut apps = Apps::new(Rng::with_seed(3));
+    let mut apps = Apps::new(Rng::seeded(3));
     assert!(apps.connected(1).is_empty());
     let out = apps.message(1, init("app", 1000, CorrectiveAction::Log), t0);
     assert_eq!(out, vec![AppOut::Send { conn: 1, msg: ApiMsg::InitAck { accepted: true } }]);
@@ -63,7 +63,7 @@ fn register_challenge_respond_and_time_out() {
 fn low_interval_is_refused_and_final_stops_challenges() {
     let t0 = Instant::now();
     let g = Guard::default();
-    let mut apps = Apps::new(Rng::with_seed(3));
+    let mut apps = Apps::new(Rng::seeded(3));
     apps.connected(1);
     let out = apps.message(1, init("app", 300, CorrectiveAction::Log), t0);
     assert_eq!(out, vec![AppOut::Send { conn: 1, msg: ApiMsg::InitAck { accepted: false } }]);
@@ -78,7 +78,7 @@ fn low_interval_is_refused_and_final_stops_challenges() {
 fn votes_reject_wins_timeouts_ignored_and_death_rechecks() {
     let t0 = Instant::now();
     let g = Guard::default();
-    let mut apps = Apps::new(Rng::with_seed(3));
+    let mut apps = Apps::new(Rng::seeded(3));
     for c in 1..=3 {
         apps.connected(c);
         apps.message(c, init("a", 1000, CorrectiveAction::Log), t0);
@@ -124,7 +124,7 @@ fn votes_reject_wins_timeouts_ignored_and_death_rechecks() {
 #[test]
 fn at_most_sixteen_connections_unregistered_evicted_first() {
     let t0 = Instant::now();
-    let mut apps = Apps::new(Rng::with_seed(3));
+    let mut apps = Apps::new(Rng::seeded(3));
     for c in 0..MAX_APPS as u64 {
         assert!(apps.connected(c).is_empty());
         if c != 5 {

@@ -21,9 +21,9 @@ use super::config::Settings;
 use super::events::{Event, HostWriter};
 use super::fsm::{HbParams, HbState, Heartbeat, Input, Output};
 use super::health::HealthState;
-use super::rng::Rng;
 use super::script::{self, ScriptRun};
 use super::vote::PendingAction;
+use crate::rng::Rng;
 use crate::wire::guest::{encode_guest, Exit, GuestMsg, HostMsg, Init};
 
 /// Longest sleep between two timer scans.

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::rng::Rng;
+use crate::rng::Rng;
 use crate::wire::guest::Init;
 
 /// Delay of the one-shot release timer after start.

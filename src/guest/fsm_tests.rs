@@ -45,7 +45,7 @@ fn run(hb: &mut Heartbeat, from: Instant, to: Instant) -> Vec<Output> {
 }
 
 fn enabled(t0: Instant) -> Heartbeat {
-    let mut hb = Heartbeat::new(params(), Rng::with_seed(7), t0);
+    let mut hb = Heartbeat::new(params(), Rng::seeded(7), t0);
     let out = run(&mut hb, t0, t0 + ms(1000));
     let id = inits(&out)[0];
     hb.handle(Input::InitAck(id), t0 + ms(1000));
@@ -56,7 +56,7 @@ fn enabled(t0: Instant) -> Heartbeat {
 #[test]
 fn release_sends_first_init_after_one_second() {
     let t0 = Instant::now();
-    let mut hb = Heartbeat::new(params(), Rng::with_seed(7), t0);
+    let mut hb = Heartbeat::new(params(), Rng::seeded(7), t0);
     assert!(run(&mut hb, t0, t0 + ms(900)).is_empty());
     let out = run(&mut hb, t0 + ms(900), t0 + ms(1000));
     assert_eq!(inits(&out).len(), 1);
@@ -69,7 +69,7 @@ fn release_sends_first_init_after_one_second() {
 #[test]
 fn init_retries_with_fresh_ids_and_accepts_current_or_previous() {
     let t0 = Instant::now();
-    let mut hb = Heartbeat::new(params(), Rng::with_seed(7), t0);
+    let mut hb = Heartbeat::new(params(), Rng::seeded(7), t0);
     let first = inits(&run(&mut hb, t0, t0 + ms(1000)));
     let later = inits(&run(&mut hb, t0 + ms(1000), t0 + ms(11_000)));
     assert_eq!(later.len(), 2, "retries at 6 s and 11 s");
@@ -121,7 +121,7 @@ fn guard_suppresses_challenge_timeout_after_a_stall() {
 fn channel_down_and_up_from_each_state() {
     let t0 = Instant::now();
     // initial -> disabled -> enabling (init at once)
-    let mut hb = Heartbeat::new(params(), Rng::with_seed(7), t0);
+    let mut hb = Heartbeat::new(params(), Rng::seeded(7), t0);
     hb.handle(Input::ChannelDown, t0);
     assert_eq!(hb.state(), HbState::Disabled);
     assert!(run(&mut hb, t0, t0 + ms(2000)).is_empty(), "release ignored");
@@ -137,7 +137,7 @@ fn channel_down_and_up_from_each_state() {
     assert_eq!(hb.state(), HbState::Disabled);
     assert!(run(&mut hb, t0 + ms(1100), t0 + ms(9000)).is_empty());
     // initial + channel-up -> enabling at once
-    let mut hb = Heartbeat::new(params(), Rng::with_seed(7), t0);
+    let mut hb = Heartbeat::new(params(), Rng::seeded(7), t0);
     assert_eq!(inits(&hb.handle(Input::ChannelUp, t0)).len(), 1);
     // enabled ignores init-ack and channel-up
     let mut hb = enabled(t0);
@@ -152,13 +152,13 @@ fn shutdown_sends_exit_only_when_enabled() {
     let out = hb.handle(Input::Shutdown, t0 + ms(1200));
     assert_eq!(out[0], Output::SendExit);
     assert_eq!(hb.state(), HbState::Initial);
-    let mut hb = Heartbeat::new(params(), Rng::with_seed(7), t0);
+    let mut hb = Heartbeat::new(params(), Rng::seeded(7), t0);
     run(&mut hb, t0, t0 + ms(1000));
     let out = hb.handle(Input::Shutdown, t0 + ms(1000));
     assert!(!out.contains(&Output::SendExit));
     assert_eq!(hb.state(), HbState::Initial);
     assert!(run(&mut hb, t0 + ms(1000), t0 + ms(9000)).is_empty());
-    let mut hb = Heartbeat::new(params(), Rng::with_seed(7), t0);
+    let mut hb = Heartbeat::new(params(), Rng::seeded(7), t0);
     hb.handle(Input::ChannelDown, t0);
     assert!(!hb.handle(Input::Shutdown, t0).contains(&Output::SendExit));
 }

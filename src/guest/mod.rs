@@ -16,6 +16,5 @@ mod dispatcher_action;
 pub mod events;
 pub mod fsm;
 pub mod health;
-pub mod rng;
 pub mod script;
 pub mod vote;

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::{Behaviour, Control, GuestPlan, SimEvent, SimEventKind, Vote};
 use crate::guest::fsm::{HbParams, Heartbeat, Input, Output};
-use crate::guest::rng::Rng;
+use crate::rng::Rng;
 use crate::wire::guest::{
     decode_host, encode_guest, ActionResponse, ChallengeResponse, Decoded, GuestMsg, HostMsg, Init,
 };
@@ -122,7 +122,7 @@ impl Guest {
             vote: g.plan.vote,
             next_flap: g.plan.flap_every.map(|p| g.started + p),
             sequence: 0,
-            rng: Rng::with_seed(g.seed),
+            rng: Rng::seeded(g.seed),
             action_sent: None,
             c: GuestCounters { index: g.index, ..Default::default() },
             g,
@@ -251,7 +251,7 @@ impl Guest {
             challenge_timeout: Duration::from_millis(u64::from(self.g.interval_ms) * 2).max(Duration::from_secs(5)),
         };
         let now = Instant::now();
-        let mut hb = Heartbeat::new(params, Rng::with_seed(self.rng.next_id().into()), now);
+        let mut hb = Heartbeat::new(params, Rng::seeded(self.rng.next_id().into()), now);
         let outs = hb.handle(Input::ChannelUp, now);
         self.outputs(&mut s, outs, now);
         let mut framer = LineFramer::new(4096);

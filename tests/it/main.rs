@@ -12,6 +12,7 @@ mod agent_link;
 mod agent_support;
 mod agent_vim;
 mod bench_smoke;
+mod client_server;
 mod demo;
 mod guest_client;
 mod guest_sim;
