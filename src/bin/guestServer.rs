@@ -1,7 +1,7 @@
 //! guestServer: the compute-host guest heartbeat daemon.
 //!
 //! Main thread: parse settings, daemonise, set up logging and the pid file,
-//! spawn the I/O threads (signals, watcher, UDP receiver, optional
+//! spawn the I/O threads (signals, timer, watcher, UDP receiver, optional
 //! HTTP status, state saver), then run the dispatcher on this thread until
 //! SIGTERM/SIGINT or a fatal thread exit, and join everything.
 //! Exit codes: 0 clean stop, 1 runtime failure, 2 bad command line or config.
@@ -101,6 +101,8 @@ fn run(settings: Settings) -> Result<ExitCode, String> {
         Event::ThreadExit,
     )
     .map_err(|e| format!("cannot start signal thread: {e}"))?;
+    let timer = gh_threads::timer::spawn_timer(tx.clone(), Event::Tick, Event::ThreadExit)
+        .map_err(|e| format!("cannot start timer thread: {e}"))?;
     let watcher =
         gh_threads::watcher::spawn_watcher(settings.channel_dir.clone(), tx.clone(), Event::Watch, Event::ThreadExit)
             .map_err(|e| format!("cannot watch {}: {e}", settings.channel_dir.display()))?;
@@ -120,7 +122,7 @@ fn run(settings: Settings) -> Result<ExitCode, String> {
     let saver = statefile::spawn_saver(settings.state_dir.clone(), tx.clone(), Event::ThreadExit)
         .map_err(|e| format!("cannot start state saver: {e}"))?;
 
-    let io = Io { tx, udp_tx, saver };
+    let io = Io { tx, timer, udp_tx, saver };
     let mut dispatcher = Dispatcher::new(settings, io, Rng::from_entropy());
     let now = Instant::now();
     if let Some(saved) = saved {

@@ -6,24 +6,24 @@
 //! Channels: the inbox is bounded (`INBOX`): a flooding guest or network
 //! blocks its own reader/receiver thread, never the dispatcher. The
 //! dispatcher never blocks on anything but its inbox: socket writes are
-//! non-blocking (`ChannelWriter`), UDP sends are non-blocking and the state
-//! file is written by the saver thread.
+//! non-blocking (`ChannelWriter`), UDP sends are non-blocking, the state file
+//! is written by the saver thread, and timer requests go on an unbounded
+//! channel to the timer thread.
 //!
-//! Timers: the dispatcher waits on its inbox until the timer wheel's next
-//! deadline (`recv_deadline`) and fires what is due when it times out. There
-//! is no timer thread: with one, every expiry cost a ping-pong of two threads
-//! (timer → Tick → dispatcher → wake-up request → timer): at 1,000 guests the
-//! timer thread alone was 23 % of guestServer's CPU, and each of the two
-//! threads was preempted ~2,700 times a second (docs/PERFORMANCE.md). Time is
-//! still an input: the wheel and the state machines take `now` as a parameter.
+//! Timers: the design card's timer thread sleeps until the wheel's next
+//! deadline and sends `Event::Tick`; the dispatcher then fires what is due.
+//! This costs a thread hop per expiry (docs/PERFORMANCE.md measures it: about
+//! a sixth of the per-round CPU at 1,000 guests); waiting with
+//! `recv_deadline` on the inbox would save it but departs from the card.
 
 use std::collections::HashMap;
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use gh_threads::guard::{ExitReason, ThreadExit};
 use gh_threads::reader::CloseReason;
+use gh_threads::timer::TimerHandle;
 use gh_threads::udp::Datagram;
 use gh_threads::watcher::WatchMsg;
 use gh_threads::wheel::TimerWheel;
@@ -59,12 +59,8 @@ pub enum ConnMsg {
 #[derive(Debug)]
 pub enum Event {
     Watch(WatchMsg),
-    Conn {
-        conn: u64,
-        msg: ConnMsg,
-    },
+    Conn { conn: u64, msg: ConnMsg },
     Udp(Datagram),
-    /// Fire the due timers (made by `run` when the next deadline passes).
     Tick(Instant),
     Status(StatusRequest, Sender<StatusReply>),
     Signal(i32),
@@ -95,6 +91,7 @@ pub enum Exit {
 pub struct Io {
     /// Sender handed to every new reader thread.
     pub tx: Sender<Event>,
+    pub timer: TimerHandle,
     /// Non-blocking socket for datagrams to guestAgent.
     pub udp_tx: UdpSocket,
     pub saver: Saver,
@@ -110,6 +107,8 @@ pub struct Dispatcher {
     pub(super) by_conn: HashMap<u64, u64>,
     pub(super) wheel: TimerWheel<TimerKey>,
     pub(super) global_timers: HashMap<TimerKey, gh_threads::wheel::TimerId>,
+    /// Earliest instant requested from the timer thread and not yet ticked.
+    pub(super) requested: Option<Instant>,
     pub(super) rng: Rng,
     pub(super) next_id: u64,
     pub(super) metrics: Metrics,
@@ -131,6 +130,7 @@ impl Dispatcher {
             by_conn: HashMap::new(),
             wheel: TimerWheel::new(),
             global_timers: HashMap::new(),
+            requested: None,
             rng,
             next_id: 1,
             metrics: Metrics::default(),
@@ -148,28 +148,18 @@ impl Dispatcher {
         self.adopt_leftovers(&present, now);
         self.send_ready(now);
         self.arm_global(TimerKey::Search, now + SEARCH_AUDIT);
+        self.sync_timer_thread();
     }
 
     /// Runs until SIGTERM/SIGINT, a fatal thread exit, or disconnection.
     pub fn run(&mut self, rx: &Receiver<Event>) -> Exit {
         loop {
-            let received = match self.wheel.next_deadline() {
-                Some(deadline) => rx.recv_deadline(deadline),
-                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            };
-            let event = match received {
-                Ok(event) => event,
-                Err(RecvTimeoutError::Timeout) => Event::Tick(Instant::now()),
-                Err(RecvTimeoutError::Disconnected) => return Exit::Disconnected,
+            let Ok(event) = rx.recv() else {
+                return Exit::Disconnected;
             };
             if let Some(exit) = self.handle(event) {
                 self.save_now();
                 return exit;
-            }
-            // A busy inbox never times out: fire what is due between events
-            // too, so a flood cannot starve the timers.
-            if self.wheel.next_deadline().is_some_and(|d| d <= Instant::now()) {
-                self.fire_timers(Instant::now());
             }
         }
     }
@@ -181,7 +171,10 @@ impl Dispatcher {
             Event::Watch(msg) => self.on_watch(msg, now),
             Event::Conn { conn, msg } => self.on_conn(conn, msg, now),
             Event::Udp(dg) => self.on_datagram(dg, now),
-            Event::Tick(_) => self.fire_timers(now),
+            Event::Tick(_) => {
+                self.requested = None;
+                self.fire_timers(now);
+            }
             Event::Status(req, reply) => {
                 let _ = reply.try_send(self.status(req, now));
             }
@@ -200,6 +193,7 @@ impl Dispatcher {
                 return Some(Exit::ThreadDied(exit.name));
             }
         }
+        self.sync_timer_thread();
         None
     }
 
@@ -370,6 +364,16 @@ impl Dispatcher {
         }
         let id = self.wheel.insert(at, key);
         self.global_timers.insert(key, id);
+    }
+
+    /// Asks the timer thread to wake us for the wheel's next deadline.
+    fn sync_timer_thread(&mut self) {
+        if let Some(next) = self.wheel.next_deadline() {
+            if self.requested.is_none_or(|r| next < r) {
+                self.io.timer.wake_at(next);
+                self.requested = Some(next);
+            }
+        }
     }
 
     /// Marks the state file dirty; it is written shortly after.
