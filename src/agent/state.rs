@@ -248,7 +248,7 @@ impl State {
     /// been asked already. Called by the dispatcher after every event.
     pub fn sync_timer(&mut self) {
         if let Some(d) = self.wheel.next_deadline() {
-            if self.requested_wake.map_or(true, |r| d < r) {
+            if self.requested_wake.is_none_or(|r| d < r) {
                 self.io.waker.wake_at(d);
                 self.requested_wake = Some(d);
             }

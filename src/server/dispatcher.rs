@@ -253,8 +253,8 @@ impl Dispatcher {
                 self.by_conn.remove(&conn);
                 if let Some(slot) = self.slots.get_mut(&id) {
                     slot.conn = None;
-                    log::info!("{} channel closed ({reason:?})", slot.inst.tag());
                 }
+                self.guest_log(id, now, log::Level::Info, &format!("channel closed ({reason:?})"));
                 self.metrics.channel_closed += 1;
                 self.with_instance(id, now, |inst, ctx, out| inst.on_closed(ctx, out));
             }
