@@ -23,3 +23,6 @@ pub mod state;
 pub mod url;
 pub mod vim_client;
 pub mod vim_sender;
+
+#[cfg(test)]
+mod prop_tests;
