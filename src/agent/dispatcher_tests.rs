@@ -93,7 +93,7 @@ fn loss_goes_to_the_outbox_and_is_retried_on_the_timer() {
     r.d.state.inv.host_inst("compute-0", true).unwrap();
     r.d.state.inv.mod_inst("compute-0", "i1", true).unwrap();
     let from = r.gs.local_addr().unwrap();
-    let loss = Loss { hostname: "compute-0".into(), uuid: "i1".into() };
+    let loss = Loss { hostname: "compute-0".into(), uuid: "i1".into(), event_id: None };
     let ev = Event::Server { from, msg: Ok(crate::agent::link::ServerMsg::Loss(loss)) };
     assert!(r.d.handle(ev, r.t0).is_none());
     let job = r.events.try_recv().unwrap();

@@ -11,7 +11,7 @@ use thiserror::Error;
 
 use crate::wire::envelope::{cmd, Envelope, EnvelopeError, SIG_GUEST};
 use crate::wire::payload::{
-    enabled_str, to_json, ActionCmdOut, HostCmdOut, InstCmdOut, InstanceInfo, Loss, Ready, Source, VoteNotify,
+    enabled_str, to_json, ActionCmdOut, EventAck, HostCmdOut, InstCmdOut, InstanceInfo, Loss, Ready, Source, VoteNotify,
 };
 
 use super::dispatcher::Event;
@@ -99,6 +99,9 @@ pub fn encode(c: &ServerCmd, source: &str) -> Result<Vec<u8>, LinkError> {
         ServerCmd::Query => (cmd::QRY_INST, to_json(&Source { source: source.to_string() })),
         ServerCmd::Vote { uuid, event } => (cmd::VOTE_INST, to_json(&action(uuid, event))),
         ServerCmd::Notify { uuid, event } => (cmd::NOTIFY_INST, to_json(&action(uuid, event))),
+        ServerCmd::Ack { event_id } => {
+            (cmd::EVENT_ACK, to_json(&EventAck { source: source.to_string(), event_id: *event_id }))
+        }
     };
     let payload = payload.map_err(|source| LinkError::Json { cmd: code, source })?;
     Ok(Envelope::signed(SIG_GUEST, code, payload).encode_short()?)
@@ -121,22 +124,75 @@ impl State {
     pub fn on_server(&mut self, from: SocketAddr, msg: ServerMsg, now: Instant) {
         self.counters.datagrams_in += 1;
         match msg {
-            ServerMsg::Ready(r) => self.on_ready(from, &r.hostname, now),
+            ServerMsg::Ready(r) => {
+                self.on_ready(from, &r.hostname, now);
+                // Tells one of our guestServers that we acknowledge events.
+                self.ack_event(from, &r.hostname, 0);
+            }
             ServerMsg::Running(info) => self.on_status(info, Some(true), now),
             ServerMsg::Stopped(info) => self.on_status(info, Some(false), now),
-            ServerMsg::IllHealth(info) => self.on_status(info, None, now),
-            ServerMsg::Loss(l) => self.on_loss(&l, now),
+            ServerMsg::IllHealth(info) => {
+                if self.first_delivery(from, &info.hostname, info.event_id) {
+                    self.on_status(info, None, now);
+                }
+            }
+            ServerMsg::Loss(l) => {
+                if self.first_delivery(from, &l.hostname, l.event_id) {
+                    self.on_loss(&l, now);
+                }
+            }
             ServerMsg::QueryReply(info) => self.on_query_reply(from, info, now),
-            ServerMsg::VoteNotify(v) => self.on_vote_notify(v, now),
+            ServerMsg::VoteNotify(v) => {
+                if self.first_delivery(from, &v.hostname, v.event_id) {
+                    self.on_vote_notify(v, now);
+                }
+            }
             ServerMsg::Unsupported(c) => {
                 self.warn_limited(now, format!("unsupported guestServer command {c:#010x} from {from}"))
             }
         }
     }
 
+    /// Acknowledges an event that carries an id (only our guestServer sends
+    /// one) and says whether it is the first copy. Events without an id
+    /// (C++ guestServer) are always first and never acknowledged.
+    fn first_delivery(&mut self, from: SocketAddr, hostname: &str, event_id: Option<u64>) -> bool {
+        let Some(id) = event_id else {
+            return true;
+        };
+        self.ack_event(from, hostname, id);
+        let first = self.seen_events.first_time(hostname, id);
+        if !first {
+            self.counters.events_duplicate += 1;
+            log::debug!("duplicate event {id} from {hostname}: acknowledged again, not forwarded");
+        }
+        first
+    }
+
+    /// Sends EVENT_ACK to the guestServer at `from`'s address.
+    fn ack_event(&mut self, from: SocketAddr, hostname: &str, event_id: u64) {
+        self.counters.events_acked += u64::from(event_id != 0);
+        // The host's command address when we know it; else where it wrote from.
+        let dest = self
+            .inv
+            .host(hostname)
+            .map(|h| h.dest.clone())
+            .unwrap_or(Dest { ip: from.ip().to_string(), port: self.cfg.client_port });
+        self.send(super::inventory::Outgoing {
+            hostname: hostname.to_string(),
+            dest,
+            cmd: ServerCmd::Ack { event_id },
+        });
+    }
+
     fn on_ready(&mut self, from: SocketAddr, hostname: &str, now: Instant) {
         if self.inv.host(hostname).is_none() && self.cfg.self_register {
-            let dest = Dest { ip: from.ip().to_string(), port: self.cfg.client_port };
+            // The host's command address when we know it; else where it wrote from.
+            let dest = self
+                .inv
+                .host(hostname)
+                .map(|h| h.dest.clone())
+                .unwrap_or(Dest { ip: from.ip().to_string(), port: self.cfg.client_port });
             match self.inv.add_host(hostname, "", dest) {
                 Ok(()) => {
                     log::info!("{hostname} self-registered from {from}");
@@ -289,7 +345,7 @@ mod tests {
     fn decodes_full_guest_server_datagrams() {
         let env = Envelope::new(cmd::HEARTBEAT_LOSS, br#"{"hostname":"h","uuid":"u"}"#.to_vec());
         let msg = decode(&env.encode_full().unwrap()).unwrap();
-        assert_eq!(msg, ServerMsg::Loss(Loss { hostname: "h".into(), uuid: "u".into() }));
+        assert_eq!(msg, ServerMsg::Loss(Loss { hostname: "h".into(), uuid: "u".into(), event_id: None }));
         let bad = Envelope::new(cmd::VOTE_NOTIFY, br#"{"reason":"a"b"}"#.to_vec());
         assert!(decode(&bad.encode_full().unwrap()).is_err());
         let other = Envelope::new(0x1234, vec![]);

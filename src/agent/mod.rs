@@ -10,6 +10,7 @@
 pub mod api;
 pub mod audit;
 pub mod config;
+pub mod dedup;
 pub mod dispatcher;
 pub mod events;
 pub mod inventory;

@@ -68,6 +68,8 @@ pub enum TimerKey {
     Ready,
     Search,
     Save,
+    /// The earliest unacknowledged event's retry (`retransmit.rs`).
+    Retransmit,
 }
 
 /// How the dispatcher ended.
@@ -346,6 +348,10 @@ impl Dispatcher {
                 TimerKey::Save => {
                     self.global_timers.remove(&key);
                     self.save_now();
+                }
+                TimerKey::Retransmit => {
+                    self.global_timers.remove(&key);
+                    self.retransmit_due(now);
                 }
             }
         }

@@ -77,7 +77,7 @@ impl Dispatcher {
             let mut more = Vec::new();
             match effect {
                 Effect::Guest(msg) => self.write_guest(id, &msg, now, &mut more),
-                Effect::Agent(ev) => self.send_agent_event(id, ev),
+                Effect::Agent(ev) => self.send_agent_event(id, ev, now),
                 Effect::Arm(kind, at) => {
                     let Some(slot) = self.slots.get_mut(&id) else {
                         continue;

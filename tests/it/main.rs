@@ -14,6 +14,8 @@ mod agent_vim;
 mod demo;
 mod guest_client;
 mod guest_sim;
+mod rel_ack;
+mod rel_faults;
 mod rel_hostile;
 mod rel_support;
 mod server_process;

@@ -138,7 +138,8 @@ impl Collector {
             .count()
     }
 
-    /// Waits until `f(events)` holds.
+    /// Waits until `f(events)` holds. `f` runs under the collector's lock:
+    /// it must use the slice, not call back into the collector.
     pub fn wait(&self, timeout: Duration, f: impl Fn(&[Got]) -> bool) -> bool {
         wait_for(timeout, || f(&self.got.lock().unwrap()).then_some(())).is_some()
     }

@@ -59,7 +59,11 @@ fn loss_is_reported_threshold_plus_one_intervals_after_the_first_unanswered_chal
     let took = loss.at.duration_since(first_unanswered);
     // threshold 1 -> (1 + 1) x 200 ms.
     assert!(took >= Duration::from_millis(380) && took <= Duration::from_millis(450), "loss after {took:?}");
-    assert_eq!(loss.json, serde_json::json!({"hostname": "compute-0", "uuid": uuid(2)}));
+    // Issue 6: LOSS carries an `event_id` for acknowledgement (harmless to
+    // the C++ agent, which extracts keys by name); otherwise unchanged.
+    let mut loss = loss.json;
+    assert!(loss.as_object_mut().unwrap().remove("event_id").unwrap().is_u64());
+    assert_eq!(loss, serde_json::json!({"hostname": "compute-0", "uuid": uuid(2)}));
 }
 
 #[test]
@@ -218,7 +222,9 @@ fn vote_reaches_the_guest_and_its_reject_comes_back() {
     g.send(wrong);
     let reply = vote_reply(&g, "reject", "say \"no\" \\ politely");
     g.send(reply);
-    let got = agent.expect(cmd::VOTE_NOTIFY, WAIT, |_| true);
+    let mut got = agent.expect(cmd::VOTE_NOTIFY, WAIT, |_| true);
+    // Issue 6: plus an `event_id` for acknowledgement.
+    assert!(got.json.as_object_mut().unwrap().remove("event_id").unwrap().is_u64());
     assert_eq!(
         got.json,
         serde_json::json!({"hostname":"compute-0","uuid":uuid(8),"notification_type":"revocable",
