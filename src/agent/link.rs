@@ -131,21 +131,28 @@ impl State {
             }
             ServerMsg::Running(info) => self.on_status(info, Some(true), now),
             ServerMsg::Stopped(info) => self.on_status(info, Some(false), now),
+            // Acknowledged only after handling: `push_event` has written the
+            // outbox by then, so an acknowledged event survives a crash.
             ServerMsg::IllHealth(info) => {
-                if self.first_delivery(from, &info.hostname, info.event_id) {
+                let (host, id) = (info.hostname.clone(), info.event_id);
+                if self.first_delivery(&host, id) {
                     self.on_status(info, None, now);
                 }
+                self.ack_if_id(from, &host, id);
             }
             ServerMsg::Loss(l) => {
-                if self.first_delivery(from, &l.hostname, l.event_id) {
+                if self.first_delivery(&l.hostname, l.event_id) {
                     self.on_loss(&l, now);
                 }
+                self.ack_if_id(from, &l.hostname, l.event_id);
             }
             ServerMsg::QueryReply(info) => self.on_query_reply(from, info, now),
             ServerMsg::VoteNotify(v) => {
-                if self.first_delivery(from, &v.hostname, v.event_id) {
+                let (host, id) = (v.hostname.clone(), v.event_id);
+                if self.first_delivery(&host, id) {
                     self.on_vote_notify(v, now);
                 }
+                self.ack_if_id(from, &host, id);
             }
             ServerMsg::Unsupported(c) => {
                 self.warn_limited(now, format!("unsupported guestServer command {c:#010x} from {from}"))
@@ -153,20 +160,26 @@ impl State {
         }
     }
 
-    /// Acknowledges an event that carries an id (only our guestServer sends
-    /// one) and says whether it is the first copy. Events without an id
-    /// (C++ guestServer) are always first and never acknowledged.
-    fn first_delivery(&mut self, from: SocketAddr, hostname: &str, event_id: Option<u64>) -> bool {
+    /// Whether an event is the first copy (de-duplicated by host and id).
+    /// Events without an id (C++ guestServer) are always first.
+    fn first_delivery(&mut self, hostname: &str, event_id: Option<u64>) -> bool {
         let Some(id) = event_id else {
             return true;
         };
-        self.ack_event(from, hostname, id);
         let first = self.seen_events.first_time(hostname, id);
         if !first {
             self.counters.events_duplicate += 1;
             log::debug!("duplicate event {id} from {hostname}: acknowledged again, not forwarded");
         }
         first
+    }
+
+    /// Acknowledges an event that carried an id (only our guestServer sends
+    /// one); C++ guestServers' events are never acknowledged.
+    fn ack_if_id(&mut self, from: SocketAddr, hostname: &str, event_id: Option<u64>) {
+        if let Some(id) = event_id {
+            self.ack_event(from, hostname, id);
+        }
     }
 
     /// Sends EVENT_ACK to the guestServer at `from`'s address.

@@ -15,6 +15,7 @@ mod demo;
 mod guest_client;
 mod guest_sim;
 mod rel_ack;
+mod rel_agent_faults;
 mod rel_faults;
 mod rel_hostile;
 mod rel_support;
