@@ -18,6 +18,7 @@ mod rel_ack;
 mod rel_agent_faults;
 mod rel_faults;
 mod rel_hostile;
+mod rel_http;
 mod rel_support;
 mod server_process;
 mod server_protocol;
