@@ -319,7 +319,7 @@ fn not_a_socket(c: &mut Ctx, _h: &mut Hostile) -> String {
     let before = c.m("connect_failures_total");
     let failed = wait_for(WAIT, || (c.m("connect_failures_total") >= before + 3).then_some(()));
     // The daemon keeps going; the next scan sees them again at its own pace.
-    let lines = log_lines(&c.ls.log, &["BAD1"]);
+    let lines = log_lines(&c.ls.log, &["bad1000"]);
     for p in [&file, &fifo] {
         let _ = std::fs::remove_file(p);
     }
