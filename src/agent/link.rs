@@ -107,6 +107,14 @@ pub fn encode(c: &ServerCmd, source: &str) -> Result<Vec<u8>, LinkError> {
     Ok(Envelope::signed(SIG_GUEST, code, payload).encode_short()?)
 }
 
+/// IPv4-mapped IPv6 addresses compare as IPv4.
+fn canonical(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
 /// Copies a guestServer instance-info payload into a record (§7.4).
 fn absorb(inst: &mut Instance, info: &InstanceInfo) {
     inst.reporting = info.reporting == "enabled";
@@ -123,6 +131,11 @@ impl State {
     /// Handles one guestServer datagram.
     pub fn on_server(&mut self, from: SocketAddr, msg: ServerMsg, now: Instant) {
         self.counters.datagrams_in += 1;
+        if !self.source_allowed(from, &msg) {
+            self.counters.rejected_source += 1;
+            self.warn_limited(now, format!("dropping datagram from {from}: not a known guestServer address"));
+            return;
+        }
         match msg {
             ServerMsg::Ready(r) => {
                 self.on_ready(from, &r.hostname, now);
@@ -158,6 +171,19 @@ impl State {
                 self.warn_limited(now, format!("unsupported guestServer command {c:#010x} from {from}"))
             }
         }
+    }
+
+    /// Datagrams come from known hosts' addresses or loopback; READY also
+    /// from anywhere when hosts self-register (issue 6).
+    fn source_allowed(&self, from: SocketAddr, msg: &ServerMsg) -> bool {
+        let ip = canonical(from.ip());
+        if self.cfg.accept_any_source || ip.is_loopback() {
+            return true;
+        }
+        if self.cfg.self_register && matches!(msg, ServerMsg::Ready(_)) {
+            return true;
+        }
+        self.inv.hosts().any(|h| h.dest.ip.parse::<std::net::IpAddr>().ok().map(canonical) == Some(ip))
     }
 
     /// Whether an event is the first copy (de-duplicated by host and id).

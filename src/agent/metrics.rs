@@ -121,5 +121,13 @@ pub fn render(s: &State) -> String {
     metric(&mut out, "guestagent_events_acked_total", "counter", "guestServer events acknowledged.", &acked);
     let dup = one(c.events_duplicate);
     metric(&mut out, "guestagent_events_duplicate_total", "counter", "Retransmitted events not forwarded.", &dup);
+    let rej = one(c.rejected_source);
+    metric(
+        &mut out,
+        "guestagent_udp_rejected_source_total",
+        "counter",
+        "guestServer datagrams from unknown addresses.",
+        &rej,
+    );
     out
 }

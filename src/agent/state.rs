@@ -69,6 +69,7 @@ pub struct Counters {
     pub audits: u64,
     pub events_acked: u64,
     pub events_duplicate: u64,
+    pub rejected_source: u64,
 }
 
 /// See the module doc.
