@@ -84,7 +84,11 @@ fn rel_ack_every_loss_reaches_the_vim_once_through_a_30_percent_lossy_relay() {
     let dir = TestDir::new("ack");
     let mut relay = Relay::bind();
     // The agent's commands go to relay.b (its configured host address).
-    let mut cfg = AgentCfg::new("relack").host("compute-0", HOST_UUID, relay.b.local_addr().unwrap().port());
+    // The VIM audit is pushed past the test: the fake VIM lists no
+    // instances, and an audit would rightly forget ours.
+    let mut cfg = AgentCfg::new("relack")
+        .host("compute-0", HOST_UUID, relay.b.local_addr().unwrap().port())
+        .ini("[agent]\naudit_start_ms = 600000\n");
     let vim = cfg.vim();
     let agent = start_agent(&cfg);
     // guestServer sends events (and READY) to relay.a.

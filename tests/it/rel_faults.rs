@@ -54,7 +54,15 @@ fn rel_fault_kill9_under_200_guests_readopts_all_and_reports_only_the_silent_one
         (text.matches("\"reporting\": true").count() == N && text.matches("\"heartbeating\": true").count() == N)
             .then_some(())
     });
-    assert!(recorded.is_some(), "state file never recorded all {N} gates");
+    if recorded.is_none() {
+        let text = std::fs::read_to_string(&state).unwrap_or_default();
+        panic!(
+            "state file never recorded all {N} gates: reporting {}, heartbeating {}; STOPPED so far {}",
+            text.matches("\"reporting\": true").count(),
+            text.matches("\"heartbeating\": true").count(),
+            col.count(cmd::HEARTBEAT_STOPPED, &fleet.uuids)
+        );
+    }
     ls.server.kill9();
     let killed = Instant::now();
     // One guest goes silent while the daemon is down.
