@@ -85,6 +85,10 @@ pub struct Settings {
     pub audit_interval: Duration,
     pub mtc_ready_interval: Duration,
     pub hosts: Vec<StaticHost>,
+    /// Accept guestServer datagrams from any address (issue 6; default:
+    /// only known hosts' addresses and loopback, plus READY when
+    /// self-registering).
+    pub accept_any_source: bool,
     pub self_register: bool,
     pub log_level: LevelFilter,
     pub body_limit: usize,
@@ -297,6 +301,10 @@ pub fn settings(
         mtc_ready_interval: millis(agent, "mtc_ready_interval_ms", "agent", 30_000)?,
         hosts,
         self_register: args.self_register || self_register,
+        accept_any_source: match agent {
+            Some(i) => i.bool("agent", "accept_any_source")?.unwrap_or(false),
+            None => false,
+        },
         log_level,
         body_limit: 64 * 1024,
         api_timeout: millis(agent, "api_timeout_ms", "agent", 5_000)?,

@@ -74,13 +74,34 @@ impl Instance {
 /// A command for one guestServer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerCmd {
-    AddInst { uuid: String, enabled: bool },
-    ModInst { uuid: String, enabled: bool },
-    DelInst { uuid: String },
-    ModHost { host_uuid: String, enabled: bool },
+    AddInst {
+        uuid: String,
+        enabled: bool,
+    },
+    ModInst {
+        uuid: String,
+        enabled: bool,
+    },
+    DelInst {
+        uuid: String,
+    },
+    ModHost {
+        host_uuid: String,
+        enabled: bool,
+    },
     Query,
-    Vote { uuid: String, event: String },
-    Notify { uuid: String, event: String },
+    Vote {
+        uuid: String,
+        event: String,
+    },
+    Notify {
+        uuid: String,
+        event: String,
+    },
+    /// Acknowledges event `event_id` (ours, issue 6; 0 = "I acknowledge").
+    Ack {
+        event_id: u64,
+    },
 }
 
 /// A command with its destination.

@@ -11,7 +11,7 @@ use thiserror::Error;
 
 use crate::wire::envelope::{cmd, Envelope, EnvelopeError, SIG_GUEST};
 use crate::wire::payload::{
-    enabled_str, to_json, ActionCmdOut, HostCmdOut, InstCmdOut, InstanceInfo, Loss, Ready, Source, VoteNotify,
+    enabled_str, to_json, ActionCmdOut, EventAck, HostCmdOut, InstCmdOut, InstanceInfo, Loss, Ready, Source, VoteNotify,
 };
 
 use super::dispatcher::Event;
@@ -99,9 +99,20 @@ pub fn encode(c: &ServerCmd, source: &str) -> Result<Vec<u8>, LinkError> {
         ServerCmd::Query => (cmd::QRY_INST, to_json(&Source { source: source.to_string() })),
         ServerCmd::Vote { uuid, event } => (cmd::VOTE_INST, to_json(&action(uuid, event))),
         ServerCmd::Notify { uuid, event } => (cmd::NOTIFY_INST, to_json(&action(uuid, event))),
+        ServerCmd::Ack { event_id } => {
+            (cmd::EVENT_ACK, to_json(&EventAck { source: source.to_string(), event_id: *event_id }))
+        }
     };
     let payload = payload.map_err(|source| LinkError::Json { cmd: code, source })?;
     Ok(Envelope::signed(SIG_GUEST, code, payload).encode_short()?)
+}
+
+/// IPv4-mapped IPv6 addresses compare as IPv4.
+fn canonical(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
 }
 
 /// Copies a guestServer instance-info payload into a record (§7.4).
@@ -120,23 +131,107 @@ impl State {
     /// Handles one guestServer datagram.
     pub fn on_server(&mut self, from: SocketAddr, msg: ServerMsg, now: Instant) {
         self.counters.datagrams_in += 1;
+        if !self.source_allowed(from, &msg) {
+            self.counters.rejected_source += 1;
+            self.warn_limited(now, format!("dropping datagram from {from}: not a known guestServer address"));
+            return;
+        }
         match msg {
-            ServerMsg::Ready(r) => self.on_ready(from, &r.hostname, now),
+            ServerMsg::Ready(r) => {
+                self.on_ready(from, &r.hostname, now);
+                // Tells one of our guestServers that we acknowledge events.
+                self.ack_event(from, &r.hostname, 0);
+            }
             ServerMsg::Running(info) => self.on_status(info, Some(true), now),
             ServerMsg::Stopped(info) => self.on_status(info, Some(false), now),
-            ServerMsg::IllHealth(info) => self.on_status(info, None, now),
-            ServerMsg::Loss(l) => self.on_loss(&l, now),
+            // Acknowledged only after handling: `push_event` has written the
+            // outbox by then, so an acknowledged event survives a crash.
+            ServerMsg::IllHealth(info) => {
+                let (host, id) = (info.hostname.clone(), info.event_id);
+                if self.first_delivery(&host, id) {
+                    self.on_status(info, None, now);
+                }
+                self.ack_if_id(from, &host, id);
+            }
+            ServerMsg::Loss(l) => {
+                if self.first_delivery(&l.hostname, l.event_id) {
+                    self.on_loss(&l, now);
+                }
+                self.ack_if_id(from, &l.hostname, l.event_id);
+            }
             ServerMsg::QueryReply(info) => self.on_query_reply(from, info, now),
-            ServerMsg::VoteNotify(v) => self.on_vote_notify(v, now),
+            ServerMsg::VoteNotify(v) => {
+                let (host, id) = (v.hostname.clone(), v.event_id);
+                if self.first_delivery(&host, id) {
+                    self.on_vote_notify(v, now);
+                }
+                self.ack_if_id(from, &host, id);
+            }
             ServerMsg::Unsupported(c) => {
                 self.warn_limited(now, format!("unsupported guestServer command {c:#010x} from {from}"))
             }
         }
     }
 
+    /// Datagrams come from known hosts' addresses or loopback; READY also
+    /// from anywhere when hosts self-register (issue 6).
+    fn source_allowed(&self, from: SocketAddr, msg: &ServerMsg) -> bool {
+        let ip = canonical(from.ip());
+        if self.cfg.accept_any_source || ip.is_loopback() {
+            return true;
+        }
+        if self.cfg.self_register && matches!(msg, ServerMsg::Ready(_)) {
+            return true;
+        }
+        self.inv.hosts().any(|h| h.dest.ip.parse::<std::net::IpAddr>().ok().map(canonical) == Some(ip))
+    }
+
+    /// Whether an event is the first copy (de-duplicated by host and id).
+    /// Events without an id (C++ guestServer) are always first.
+    fn first_delivery(&mut self, hostname: &str, event_id: Option<u64>) -> bool {
+        let Some(id) = event_id else {
+            return true;
+        };
+        let first = self.seen_events.first_time(hostname, id);
+        if !first {
+            self.counters.events_duplicate += 1;
+            log::debug!("duplicate event {id} from {hostname}: acknowledged again, not forwarded");
+        }
+        first
+    }
+
+    /// Acknowledges an event that carried an id (only our guestServer sends
+    /// one); C++ guestServers' events are never acknowledged.
+    fn ack_if_id(&mut self, from: SocketAddr, hostname: &str, event_id: Option<u64>) {
+        if let Some(id) = event_id {
+            self.ack_event(from, hostname, id);
+        }
+    }
+
+    /// Sends EVENT_ACK to the guestServer at `from`'s address.
+    fn ack_event(&mut self, from: SocketAddr, hostname: &str, event_id: u64) {
+        self.counters.events_acked += u64::from(event_id != 0);
+        // The host's command address when we know it; else where it wrote from.
+        let dest = self
+            .inv
+            .host(hostname)
+            .map(|h| h.dest.clone())
+            .unwrap_or(Dest { ip: from.ip().to_string(), port: self.cfg.client_port });
+        self.send(super::inventory::Outgoing {
+            hostname: hostname.to_string(),
+            dest,
+            cmd: ServerCmd::Ack { event_id },
+        });
+    }
+
     fn on_ready(&mut self, from: SocketAddr, hostname: &str, now: Instant) {
         if self.inv.host(hostname).is_none() && self.cfg.self_register {
-            let dest = Dest { ip: from.ip().to_string(), port: self.cfg.client_port };
+            // The host's command address when we know it; else where it wrote from.
+            let dest = self
+                .inv
+                .host(hostname)
+                .map(|h| h.dest.clone())
+                .unwrap_or(Dest { ip: from.ip().to_string(), port: self.cfg.client_port });
             match self.inv.add_host(hostname, "", dest) {
                 Ok(()) => {
                     log::info!("{hostname} self-registered from {from}");
@@ -289,7 +384,7 @@ mod tests {
     fn decodes_full_guest_server_datagrams() {
         let env = Envelope::new(cmd::HEARTBEAT_LOSS, br#"{"hostname":"h","uuid":"u"}"#.to_vec());
         let msg = decode(&env.encode_full().unwrap()).unwrap();
-        assert_eq!(msg, ServerMsg::Loss(Loss { hostname: "h".into(), uuid: "u".into() }));
+        assert_eq!(msg, ServerMsg::Loss(Loss { hostname: "h".into(), uuid: "u".into(), event_id: None }));
         let bad = Envelope::new(cmd::VOTE_NOTIFY, br#"{"reason":"a"b"}"#.to_vec());
         assert!(decode(&bad.encode_full().unwrap()).is_err());
         let other = Envelope::new(0x1234, vec![]);

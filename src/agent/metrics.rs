@@ -117,5 +117,17 @@ pub fn render(s: &State) -> String {
         &one(c.udp_send_errors),
     );
     metric(&mut out, "guestagent_audits_total", "counter", "State query audit passes.", &one(c.audits));
+    let acked = one(c.events_acked);
+    metric(&mut out, "guestagent_events_acked_total", "counter", "guestServer events acknowledged.", &acked);
+    let dup = one(c.events_duplicate);
+    metric(&mut out, "guestagent_events_duplicate_total", "counter", "Retransmitted events not forwarded.", &dup);
+    let rej = one(c.rejected_source);
+    metric(
+        &mut out,
+        "guestagent_udp_rejected_source_total",
+        "counter",
+        "guestServer datagrams from unknown addresses.",
+        &rej,
+    );
     out
 }

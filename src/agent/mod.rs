@@ -10,6 +10,7 @@
 pub mod api;
 pub mod audit;
 pub mod config;
+pub mod dedup;
 pub mod dispatcher;
 pub mod events;
 pub mod inventory;
@@ -23,3 +24,6 @@ pub mod state;
 pub mod url;
 pub mod vim_client;
 pub mod vim_sender;
+
+#[cfg(test)]
+mod prop_tests;

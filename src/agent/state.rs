@@ -67,6 +67,9 @@ pub struct Counters {
     pub vim_jobs_refused: u64,
     pub ready_sent: u64,
     pub audits: u64,
+    pub events_acked: u64,
+    pub events_duplicate: u64,
+    pub rejected_source: u64,
 }
 
 /// See the module doc.
@@ -88,6 +91,8 @@ pub struct State {
     pub state_dirty: bool,
     pub outbox_dirty: bool,
     pub counters: Counters,
+    /// Acknowledged events already acted on (`dedup.rs`).
+    pub seen_events: super::dedup::Dedup,
     limiter: LogLimiter,
     /// Set by SIGTERM/SIGINT; the dispatcher loop ends.
     pub stop: bool,
@@ -114,6 +119,7 @@ impl State {
             state_dirty: false,
             outbox_dirty: false,
             counters: Counters::default(),
+            seen_events: super::dedup::Dedup::default(),
             limiter: LogLimiter::new(20, Duration::from_secs(10)),
             stop: false,
             cfg,

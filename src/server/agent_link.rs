@@ -14,8 +14,9 @@ use gh_threads::udp::Datagram;
 use super::config::Settings;
 use super::dispatcher::{Dispatcher, TimerKey, READY_RETRY};
 use super::instance::AgentEvent;
+use super::retransmit::Retransmit;
 use crate::wire::envelope::{cmd, Envelope, ENVELOPE_LEN};
-use crate::wire::payload::{to_json, ActionCmd, HostCmd, InstCmd, Loss, Ready, VoteNotify};
+use crate::wire::payload::{to_json, ActionCmd, EventAck, HostCmd, InstCmd, InstanceInfo, Loss, Ready, VoteNotify};
 use crate::wire::vocab::{EventType, NotificationType};
 
 /// What the dispatcher knows about guestAgent.
@@ -27,11 +28,24 @@ pub struct AgentLink {
     pub peer: Option<SocketAddr>,
     /// Source addresses allowed to send commands.
     pub allowed: Vec<IpAddr>,
+    /// Failure and vote events awaiting acknowledgement.
+    pub acks: Retransmit,
 }
 
 impl AgentLink {
     pub fn new(settings: &Settings) -> Self {
-        Self { configured: settings.agent_addr(), peer: None, allowed: settings.allowed_ips() }
+        // Event ids start at the wall clock in microseconds, so that ids of
+        // a restarted daemon do not repeat ones the agent has already seen.
+        let first_id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2))
+            .unwrap_or(1);
+        Self {
+            configured: settings.agent_addr(),
+            peer: None,
+            allowed: settings.allowed_ips(),
+            acks: Retransmit::new(first_id),
+        }
     }
 }
 
@@ -136,6 +150,17 @@ impl Dispatcher {
                     None => log::warn!("{} for unknown instance {:?}", ntype, c.uuid),
                 }
             }
+            cmd::EVENT_ACK => {
+                let Some(a) = parse::<EventAck>(payload, code) else {
+                    return;
+                };
+                if self.agent.acks.ack(a.event_id) {
+                    self.metrics.events_acked += 1;
+                    self.sync_retransmit_timer();
+                } else if a.event_id == 0 {
+                    log::debug!("guestAgent acknowledges events");
+                }
+            }
             other => log::error!("unsupported command 0x{other:08x}"),
         }
     }
@@ -155,19 +180,27 @@ impl Dispatcher {
         self.arm_global(TimerKey::Ready, now + READY_RETRY);
     }
 
-    /// Sends an instance event with its payload.
-    pub(super) fn send_agent_event(&mut self, id: u64, event: AgentEvent) {
+    /// Sends an instance event with its payload; LOSS, ILLHEALTH and
+    /// VOTE_NOTIFY carry an `event_id` and are retransmitted until
+    /// acknowledged once the agent is known to acknowledge (`retransmit.rs`).
+    pub(super) fn send_agent_event(&mut self, id: u64, event: AgentEvent, now: Instant) {
         let Some(slot) = self.slots.get(&id) else {
             return;
+        };
+        let event_id = match event {
+            AgentEvent::Running | AgentEvent::Stopped => None,
+            _ => Some(self.agent.acks.allocate()),
         };
         let inst = &slot.inst;
         let host = &self.settings.hostname;
         let (code, json) = match &event {
             AgentEvent::Running => (cmd::HEARTBEAT_RUNNING, to_json(&inst.info(host, None))),
             AgentEvent::Stopped => (cmd::HEARTBEAT_STOPPED, to_json(&inst.info(host, None))),
-            AgentEvent::IllHealth { action } => (cmd::HEARTBEAT_ILLHEALTH, to_json(&inst.info(host, Some(action)))),
+            AgentEvent::IllHealth { action } => {
+                (cmd::HEARTBEAT_ILLHEALTH, to_json(&InstanceInfo { event_id, ..inst.info(host, Some(action)) }))
+            }
             AgentEvent::Loss => {
-                (cmd::HEARTBEAT_LOSS, to_json(&Loss { hostname: host.clone(), uuid: inst.uuid.clone() }))
+                (cmd::HEARTBEAT_LOSS, to_json(&Loss { hostname: host.clone(), uuid: inst.uuid.clone(), event_id }))
             }
             AgentEvent::VoteNotify { notification_type, event_type, vote, reason } => (
                 cmd::VOTE_NOTIFY,
@@ -178,13 +211,53 @@ impl Dispatcher {
                     event_type: event_type.clone(),
                     vote: vote.clone(),
                     reason: reason.clone(),
+                    event_id,
                 }),
             ),
         };
         log::info!("{} -> agent: {event:?}", inst.tag());
         match json {
-            Ok(json) => self.send_envelope(code, json),
+            Ok(json) => {
+                self.send_envelope(code, json.clone());
+                if let Some(eid) = event_id {
+                    if let Some(old) = self.agent.acks.track(eid, code, json, now) {
+                        // With a C++ agent nothing is ever acknowledged: quietly bounded.
+                        if self.agent.acks.agent_acks {
+                            self.metrics.events_unacked += 1;
+                            log::warn!("retransmit queue full: event {old} dropped unacknowledged");
+                        }
+                    }
+                    self.sync_retransmit_timer();
+                }
+            }
             Err(e) => log::error!("cannot encode {event:?}: {e}"),
+        }
+    }
+
+    /// Resends every event whose retry is due.
+    pub(super) fn retransmit_due(&mut self, now: Instant) {
+        let due = self.agent.acks.due(now);
+        for (eid, code, json) in due.resend {
+            log::debug!("retransmitting event {eid} (0x{code:08x})");
+            self.metrics.events_retransmitted += 1;
+            self.send_envelope(code, json);
+        }
+        for eid in due.given_up {
+            self.metrics.events_unacked += 1;
+            log::warn!("event {eid} never acknowledged by guestAgent; giving up");
+        }
+        self.sync_retransmit_timer();
+    }
+
+    /// Keeps the retransmit timer at the earliest pending retry.
+    fn sync_retransmit_timer(&mut self) {
+        match self.agent.acks.next_deadline() {
+            Some(at) => self.arm_global(TimerKey::Retransmit, at),
+            None => {
+                if let Some(t) = self.global_timers.remove(&TimerKey::Retransmit) {
+                    self.wheel.cancel(t);
+                }
+            }
         }
     }
 
@@ -258,6 +331,7 @@ mod tests {
             event_type: "stop".into(),
             vote: "reject".into(),
             reason: "\"".repeat(2000),
+            event_id: Some(1),
         };
         let out = truncate_reason(to_json(&v).unwrap());
         assert!(out.len() <= crate::wire::envelope::MAX_PAYLOAD);

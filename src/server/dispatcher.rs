@@ -74,6 +74,8 @@ pub enum TimerKey {
     Ready,
     Search,
     Save,
+    /// The earliest unacknowledged event's retry (`retransmit.rs`).
+    Retransmit,
 }
 
 /// How the dispatcher ended.
@@ -259,8 +261,8 @@ impl Dispatcher {
                 self.by_conn.remove(&conn);
                 if let Some(slot) = self.slots.get_mut(&id) {
                     slot.conn = None;
-                    log::info!("{} channel closed ({reason:?})", slot.inst.tag());
                 }
+                self.guest_log(id, now, log::Level::Info, &format!("channel closed ({reason:?})"));
                 self.metrics.channel_closed += 1;
                 self.with_instance(id, now, |inst, ctx, out| inst.on_closed(ctx, out));
             }
@@ -352,6 +354,10 @@ impl Dispatcher {
                 TimerKey::Save => {
                     self.global_timers.remove(&key);
                     self.save_now();
+                }
+                TimerKey::Retransmit => {
+                    self.global_timers.remove(&key);
+                    self.retransmit_due(now);
                 }
             }
         }

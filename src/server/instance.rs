@@ -240,6 +240,7 @@ impl Instance {
             suspend_to: p.suspend_notice_secs.to_string(),
             resume_to: p.resume_notice_secs.to_string(),
             vote_to: p.vote_secs.to_string(),
+            event_id: None,
         }
     }
 

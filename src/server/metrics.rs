@@ -30,6 +30,9 @@ pub struct Metrics {
     pub actions: u64,
     pub logs_suppressed: u64,
     pub state_saves: u64,
+    pub events_acked: u64,
+    pub events_retransmitted: u64,
+    pub events_unacked: u64,
 }
 
 /// Gauges computed when rendering.
@@ -61,7 +64,7 @@ impl Metrics {
         gauge("timers", "Armed timers.", g.timers as u64);
         gauge("host_reporting", "Host-level reporting gate (1 = enabled).", u64::from(g.host_reporting));
         gauge("uptime_seconds", "Seconds since start.", g.uptime_secs);
-        let counters: [(&str, &str, u64); 22] = [
+        let counters: [(&str, &str, u64); 25] = [
             ("guest_messages_total", "Well-formed messages received from guests.", self.guest_msgs),
             ("guest_nacked_total", "Guest messages answered with a nack.", self.guest_nacked),
             ("guest_malformed_total", "Guest lines dropped as malformed.", self.guest_malformed),
@@ -84,6 +87,13 @@ impl Metrics {
             ("actions_total", "Votes and notifications started.", self.actions),
             ("logs_suppressed_total", "Guest-triggered log lines suppressed.", self.logs_suppressed),
             ("state_saves_total", "State file snapshots written.", self.state_saves),
+            ("events_acked_total", "Failure and vote events acknowledged by guestAgent.", self.events_acked),
+            ("events_retransmitted_total", "Failure and vote events sent again.", self.events_retransmitted),
+            (
+                "events_unacked_total",
+                "Events dropped unacknowledged (retries or queue exhausted).",
+                self.events_unacked,
+            ),
         ];
         for (name, help, v) in counters {
             let _ = writeln!(

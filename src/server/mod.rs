@@ -8,6 +8,7 @@ pub mod discovery;
 pub mod dispatcher;
 pub mod instance;
 pub mod metrics;
+pub mod retransmit;
 pub mod slots;
 pub mod statefile;
 pub mod status;

@@ -77,7 +77,7 @@ impl Dispatcher {
             let mut more = Vec::new();
             match effect {
                 Effect::Guest(msg) => self.write_guest(id, &msg, now, &mut more),
-                Effect::Agent(ev) => self.send_agent_event(id, ev),
+                Effect::Agent(ev) => self.send_agent_event(id, ev, now),
                 Effect::Arm(kind, at) => {
                     let Some(slot) = self.slots.get_mut(&id) else {
                         continue;
@@ -140,6 +140,7 @@ impl Dispatcher {
             return;
         }
         let path = channel_path(&self.settings.channel_dir, &slot.inst.uuid);
+        let mut connected_log = false;
         let outcome = match connect_unix(&path) {
             Ok(stream) => match stream.try_clone() {
                 Ok(reader_end) => {
@@ -161,7 +162,7 @@ impl Dispatcher {
                                 Some(Conn { id: conn_id, writer: ChannelWriter::new(stream), seq: 0, _reader: handle });
                             self.by_conn.insert(conn_id, id);
                             self.metrics.connects += 1;
-                            log::info!("{} connected to {}", slot.inst.tag(), path.display());
+                            connected_log = true;
                             ConnectOutcome::Connected
                         }
                         Err(e) => {
@@ -183,6 +184,9 @@ impl Dispatcher {
         };
         let mut ctx = Ctx { now, host_reporting: self.host_reporting, cfg: &self.hb, rng: &mut self.rng };
         slot.inst.on_connect(outcome, &mut ctx, more);
+        if connected_log {
+            self.guest_log(id, now, log::Level::Info, &format!("connected to {}", path.display()));
+        }
     }
 
     /// Closes the channel; the reader's `Closed` then finds no conn and is ignored.
@@ -195,15 +199,21 @@ impl Dispatcher {
 
     /// Logs a guest-triggered warning, rate-limited per instance.
     pub(super) fn guest_warn(&mut self, id: u64, now: Instant, text: &str) {
+        self.guest_log(id, now, log::Level::Warn, text);
+    }
+
+    /// Logs a guest-triggerable line (a warning, or connection churn that a
+    /// reconnect storm could repeat) through the instance's limiter.
+    pub(super) fn guest_log(&mut self, id: u64, now: Instant, level: log::Level, text: &str) {
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
         match slot.log.allow(now) {
             LogDecision::Allow { suppressed_before } => {
                 if suppressed_before > 0 {
-                    log::warn!("{} ({suppressed_before} similar messages suppressed)", slot.inst.tag());
+                    log::log!(level, "{} ({suppressed_before} similar messages suppressed)", slot.inst.tag());
                 }
-                log::warn!("{} {text}", slot.inst.tag());
+                log::log!(level, "{} {text}", slot.inst.tag());
             }
             LogDecision::Suppress => self.metrics.logs_suppressed += 1,
         }

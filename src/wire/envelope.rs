@@ -48,6 +48,11 @@ pub mod cmd {
     pub const HEARTBEAT_STOPPED: u32 = 0x0100_FEAD;
     pub const HEARTBEAT_RUNNING: u32 = 0x0110_FEAD;
     pub const VOTE_NOTIFY: u32 = 0xFEED_FEED;
+    /// Ours, not the originals' (issue 6): guestAgent acknowledges a LOSS,
+    /// ILLHEALTH or VOTE_NOTIFY that carried an `event_id`. The C++ peers
+    /// never see it: our agent sends it only to servers that sent an id (and
+    /// id 0 in reply to READY, which a C++ guestServer logs and ignores).
+    pub const EVENT_ACK: u32 = 0x1111_00A0;
 }
 
 /// A decoded or to-be-encoded envelope.

@@ -334,6 +334,11 @@ fn header<M>(line: &[u8]) -> Result<HeaderParts, Decoded<M>> {
     if line.contains(&0) {
         return Err(Decoded::Malformed("NUL byte in line"));
     }
+    // Checked before parsing: serde_json recurses per level, and decoding
+    // runs on reader threads with deliberately small stacks.
+    if nesting_exceeds(line, MAX_DEPTH) {
+        return Err(Decoded::Malformed("JSON nested too deeply"));
+    }
     let value: Value = match serde_json::from_slice(line) {
         Ok(v) => v,
         Err(e) if e.is_data() || e.is_syntax() || e.is_eof() => {
@@ -355,6 +360,39 @@ fn header<M>(line: &[u8]) -> Result<HeaderParts, Decoded<M>> {
     let msg_type: String = field(&map, "msg_type").map_err(Decoded::Nack)?;
     let sequence: u32 = field(&map, "sequence").map_err(Decoded::Nack)?;
     Ok((Header { version, revision, sequence }, msg_type, map))
+}
+
+/// Deepest JSON nesting accepted from a guest. Every protocol message is
+/// a flat object (depth 1); anything deeper than this is hostile.
+pub const MAX_DEPTH: usize = 16;
+
+/// Whether `line` opens more than `max` nested arrays/objects (outside
+/// strings). A linear scan with no recursion.
+pub fn nesting_exceeds(line: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in line {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// Reads one key as `T` through serde; any failure is the nack text

@@ -233,4 +233,34 @@ fn challenge_fast_encoding_is_byte_identical_to_the_generic_frame() {
         let c = Challenge { heartbeat_challenge: value };
         assert_eq!(encode_host(seq, &HostMsg::Challenge(c.clone())), frame("challenge", seq, &c));
     }
+#[test]
+fn deep_json_on_a_reader_sized_stack_is_malformed() {
+    // Found by the hostile-guest suite: serde_json's own limit (128 levels)
+    // overflowed the 64 KiB reader stack and killed the daemon.
+    let d = 1500;
+    let lines = [
+        format!("{}{}", "[".repeat(d), "]".repeat(d)),
+        format!(
+            r#"{{"version":3,"revision":1,"msg_type":"exit","sequence":1,"log_msg":{}1{}}}"#,
+            "{\"a\":".repeat(d),
+            "}".repeat(d)
+        ),
+    ];
+    let t = std::thread::Builder::new()
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            lines.iter().map(|l| matches!(decode_guest(l.as_bytes()), Decoded::Malformed(_))).collect::<Vec<_>>()
+        })
+        .unwrap();
+    assert_eq!(t.join().unwrap(), vec![true, true]);
+    // Brackets inside strings do not count.
+    let ok = format!(
+        r#"{{"version":3,"revision":1,"msg_type":"exit","sequence":1,"log_msg":"{}\"{}"}}"#,
+        "[".repeat(100),
+        "{".repeat(100)
+    );
+    assert!(!nesting_exceeds(ok.as_bytes(), MAX_DEPTH));
+    assert!(matches!(decode_guest(ok.as_bytes()), Decoded::Msg(..)));
+    assert!(nesting_exceeds(b"[[[", 2));
+    assert!(!nesting_exceeds(b"[[]]", 2));
 }

@@ -12,3 +12,6 @@ pub mod guest;
 pub mod payload;
 pub mod vim;
 pub mod vocab;
+
+#[cfg(test)]
+mod prop_tests;

@@ -35,6 +35,9 @@ pub struct InstanceInfo {
     pub resume_to: String,
     #[serde(rename = "vote-to")]
     pub vote_to: String,
+    /// Ours (issue 6): present only when the agent acknowledges events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<u64>,
 }
 
 /// HEARTBEAT_LOSS payload.
@@ -42,6 +45,9 @@ pub struct InstanceInfo {
 pub struct Loss {
     pub hostname: String,
     pub uuid: String,
+    /// Ours (issue 6): present only when the agent acknowledges events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<u64>,
 }
 
 /// MONITOR_READY payload from guestServer.
@@ -60,6 +66,9 @@ pub struct VoteNotify {
     pub event_type: String,
     pub vote: String,
     pub reason: String,
+    /// Ours (issue 6): present only when the agent acknowledges events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<u64>,
 }
 
 /// ADD_INST / MOD_INST / DEL_INST payload (agent → server).
@@ -99,6 +108,13 @@ pub struct ActionCmd {
     pub event: Option<String>,
 }
 
+/// EVENT_ACK payload (our guestAgent → our guestServer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventAck {
+    pub source: String,
+    pub event_id: u64,
+}
+
 /// ADD_HOST / MOD_HOST / DEL_HOST payload (mtcAgent → agent).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostInventory {
@@ -132,6 +148,7 @@ mod tests {
             suspend_to: "10".into(),
             resume_to: "10".into(),
             vote_to: "10".into(),
+            event_id: None,
         };
         assert_eq!(
             String::from_utf8(to_json(&info).unwrap()).unwrap(),
@@ -148,6 +165,7 @@ mod tests {
             event_type: "stop".into(),
             vote: "reject".into(),
             reason: "say \"no\"\\".into(),
+            event_id: None,
         };
         let json = String::from_utf8(to_json(&v).unwrap()).unwrap();
         assert_eq!(

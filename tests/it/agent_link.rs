@@ -187,6 +187,11 @@ fn ready_replay_and_query_replies() {
     assert_eq!((m1.cmd, m2.cmd), (cmd::MOD_INST, cmd::MOD_INST));
     assert!(m1.payload.contains(INST_A) && m1.payload.ends_with(r#""state":"enabled"}"#), "{m1:?}");
     assert!(m2.payload.contains(INST_B) && m2.payload.ends_with(r#""state":"disabled"}"#), "{m2:?}");
+    // Issue 6: then the greeting that tells our guestServer we acknowledge
+    // events (a C++ guestServer logs the unknown command once and ignores it).
+    let hello = gs.recv();
+    assert_eq!(hello.cmd, guest_heartbeat::wire::envelope::cmd::EVENT_ACK);
+    assert_eq!(hello.payload, r#"{"source":"127.0.0.1","event_id":0}"#);
     // Unknown uuid in a query reply: DEL_INST to that host.
     let stale = "11111111-2222-3333-4444-555555555555";
     gs.send(a.listen, &[], cmd::QRY_INST, &info(stale, "enabled", "enabled"));

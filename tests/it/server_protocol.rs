@@ -51,7 +51,11 @@ fn silent_episode(g: &mut FakeGuest, agent: &FakeAgent) -> Duration {
     let stopped = agent.expect(cmd::HEARTBEAT_STOPPED, WAIT, |_| true);
     assert_eq!(stopped.json["heartbeating"], "disabled");
     let loss = agent.expect(cmd::HEARTBEAT_LOSS, WAIT, |_| true);
-    assert_eq!(loss.json, serde_json::json!({"hostname": "compute-0", "uuid": g.uuid}));
+    // Issue 6: LOSS carries an `event_id` for acknowledgement (harmless to
+    // the C++ agent, which extracts keys by name); otherwise unchanged.
+    let mut json = loss.json.clone();
+    assert!(json.as_object_mut().unwrap().remove("event_id").unwrap().is_u64());
+    assert_eq!(json, serde_json::json!({"hostname": "compute-0", "uuid": g.uuid}));
     loss.at.duration_since(first_unanswered)
 }
 
@@ -238,7 +242,9 @@ fn vote_reaches_the_guest_and_its_reject_comes_back() {
     g.send(wrong);
     let reply = vote_reply(&g, "reject", "say \"no\" \\ politely");
     g.send(reply);
-    let got = agent.expect(cmd::VOTE_NOTIFY, WAIT, |_| true);
+    let mut got = agent.expect(cmd::VOTE_NOTIFY, WAIT, |_| true);
+    // Issue 6: plus an `event_id` for acknowledgement.
+    assert!(got.json.as_object_mut().unwrap().remove("event_id").unwrap().is_u64());
     assert_eq!(
         got.json,
         serde_json::json!({"hostname":"compute-0","uuid":uuid(8),"notification_type":"revocable",

@@ -88,6 +88,41 @@ impl ReaderHandle {
     }
 }
 
+/// Paces raw socket reads at `READ_PACE` × `max_bytes_per_sec` (a GCRA with
+/// a one-second burst). Bytes that never become a line — an endless line,
+/// 1 MiB lines — are not charged by `Limiter`, and without this the reader
+/// would read and discard them as fast as a guest can write, burning a host
+/// core. Sleeping here is back-pressure: the kernel buffer fills and the
+/// guest's writes block. Time is an input so tests can drive it.
+struct ReadPacer {
+    per_sec: u64,
+    paid_until: Option<Instant>,
+}
+
+/// Raw reads may run at this multiple of the line byte rate, so that the
+/// line limits (which count and report drops) act first.
+const READ_PACE: u64 = 2;
+const READ_BURST: Duration = Duration::from_secs(1);
+
+impl ReadPacer {
+    fn new(limits: &ReaderLimits) -> Self {
+        ReadPacer { per_sec: u64::from(limits.max_bytes_per_sec) * READ_PACE, paid_until: None }
+    }
+
+    /// Charges `n` bytes read at `now`; returns how long to wait before the
+    /// next read.
+    fn charge(&mut self, n: usize, now: Instant) -> Duration {
+        if self.per_sec == 0 {
+            return Duration::ZERO;
+        }
+        let cost = Duration::from_nanos((n as u64).saturating_mul(1_000_000_000) / self.per_sec);
+        let base = self.paid_until.map_or(now, |t| t.max(now));
+        let paid = base + cost;
+        self.paid_until = Some(paid);
+        paid.saturating_duration_since(now).saturating_sub(READ_BURST)
+    }
+}
+
 /// Message and byte buckets plus the count of lines they dropped.
 struct Limiter {
     msgs: TokenBucket,
@@ -182,6 +217,7 @@ where
 {
     let mut framer = LineFramer::new(limits.max_line);
     let mut limiter = Limiter::new(limits);
+    let mut pacer = ReadPacer::new(limits);
     // On the heap: the thread stack is deliberately small.
     let mut buf = vec![0u8; READ_BUF];
     let mut frames = Vec::new();
@@ -203,6 +239,10 @@ where
                 return Some(CloseReason::Error(e.to_string()));
             }
         };
+        let pause = pacer.charge(n, Instant::now());
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
         framer.push(&buf[..n], &mut frames);
         for frame in frames.drain(..) {
             // Re-read the clock per frame: a blocking send may have taken a while.
@@ -246,6 +286,20 @@ mod tests {
 
     fn unlimited(max_line: usize) -> ReaderLimits {
         ReaderLimits { max_line, max_msgs_per_sec: 0, max_bytes_per_sec: 0 }
+    }
+
+    #[test]
+    fn raw_reads_are_paced_after_a_one_second_burst() {
+        let limits = ReaderLimits { max_line: 64, max_msgs_per_sec: 10, max_bytes_per_sec: 500 };
+        let mut p = ReadPacer::new(&limits);
+        let t0 = Instant::now();
+        assert_eq!(p.charge(1000, t0), Duration::ZERO, "one second's worth is free");
+        assert_eq!(p.charge(1000, t0), Duration::from_secs(1));
+        // After an idle gap the burst is available again.
+        let t1 = t0 + Duration::from_secs(5);
+        assert_eq!(p.charge(1000, t1), Duration::ZERO);
+        let unlimited = ReaderLimits { max_bytes_per_sec: 0, ..limits };
+        assert_eq!(ReadPacer::new(&unlimited).charge(usize::MAX, t0), Duration::ZERO);
     }
 
     #[test]

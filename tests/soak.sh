@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Reliability soak (issue 6, docs/RELIABILITY.md): runs the rel_* suites
+# ROUNDS times in a row (default 10), one test at a time, and prints the
+# figures each round reports. Not run by CI (CI runs each suite once through
+# `cargo test --workspace`).
+#
+# usage: tests/soak.sh [ROUNDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-10}
+failed=0
+for i in $(seq 1 "$rounds"); do
+    echo "== round $i/$rounds"
+    if ! cargo test --locked --test it rel_ -- --nocapture --test-threads 1 2>&1 \
+        | grep -E '^\| |^RSS|lossy relay|kill -9|inotify overflow|agent kill|VIM request|^test |test result'; then
+        failed=$((failed + 1))
+    fi
+done
+echo "soak: $rounds rounds, $failed failed"
+[ "$failed" -eq 0 ]
