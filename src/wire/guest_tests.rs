@@ -233,6 +233,8 @@ fn challenge_fast_encoding_is_byte_identical_to_the_generic_frame() {
         let c = Challenge { heartbeat_challenge: value };
         assert_eq!(encode_host(seq, &HostMsg::Challenge(c.clone())), frame("challenge", seq, &c));
     }
+}
+
 #[test]
 fn deep_json_on_a_reader_sized_stack_is_malformed() {
     // Found by the hostile-guest suite: serde_json's own limit (128 levels)
