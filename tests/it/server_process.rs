@@ -86,7 +86,7 @@ fn status_api_lists_instances_and_serves_metrics() {
     let agent = FakeAgent::new();
     let server = Server::start(&dir, &agent, ServerOpts { http: true, ..Default::default() });
     let mut g = FakeGuest::listen(&server.channels, &uuid(20));
-    g.handshake(300);
+    g.handshake(5000);
     agent.expect(cmd::HEARTBEAT_RUNNING, WAIT, |_| true);
     let (code, body) = server.get("/v1/instances");
     assert_eq!(code, 200);
@@ -112,12 +112,12 @@ fn socket_delete_stops_and_recreate_reconnects() {
     let agent = FakeAgent::new();
     let server = Server::start(&dir, &agent, ServerOpts::default());
     let mut g = FakeGuest::listen(&server.channels, &uuid(21));
-    g.handshake(300);
+    g.handshake(5000);
     agent.expect(cmd::HEARTBEAT_RUNNING, WAIT, |_| true);
     g.remove();
     agent.expect(cmd::HEARTBEAT_STOPPED, WAIT, |j| j["uuid"] == uuid(21).as_str());
     let mut g = FakeGuest::listen(&server.channels, &uuid(21));
-    g.handshake(300);
+    g.handshake(5000);
     agent.expect(cmd::HEARTBEAT_RUNNING, WAIT, |_| true);
 }
 
@@ -127,12 +127,12 @@ fn guest_hangup_is_a_disconnect_then_the_server_reconnects() {
     let agent = FakeAgent::new();
     let server = Server::start(&dir, &agent, ServerOpts::default());
     let mut g = FakeGuest::listen(&server.channels, &uuid(22));
-    g.handshake(300);
+    g.handshake(5000);
     agent.expect(cmd::HEARTBEAT_RUNNING, WAIT, |_| true);
     g.disconnect();
     agent.expect(cmd::HEARTBEAT_STOPPED, WAIT, |_| true);
     // Back-off starts at 1 s.
-    g.handshake(300);
+    g.handshake(5000);
     agent.expect(cmd::HEARTBEAT_RUNNING, WAIT, |_| true);
 }
 

@@ -282,7 +282,7 @@ fn query_replies_one_envelope_per_instance_and_del_removes() {
     let (_dir, agent, server) = setup("qry");
     let mut guests: Vec<FakeGuest> = (10..13).map(|n| FakeGuest::listen(&server.channels, &uuid(n))).collect();
     for g in &mut guests {
-        g.handshake(300);
+        g.handshake(5000);
     }
     agent.enable(server.udp, &uuid(11));
     agent.send(server.udp, cmd::QRY_INST, r#"{"source":"127.0.0.1"}"#);
@@ -332,7 +332,7 @@ fn commands_from_other_addresses_are_ignored() {
 fn guest_exit_stops_heartbeating() {
     let (_dir, agent, server) = setup("exit");
     let mut g = FakeGuest::listen(&server.channels, &uuid(15));
-    g.handshake(300);
+    g.handshake(5000);
     agent.expect(cmd::HEARTBEAT_RUNNING, WAIT, |_| true);
     g.send(GuestMsg::Exit(guest_heartbeat::wire::guest::Exit { log_msg: "Exiting...".into() }));
     agent.expect(cmd::HEARTBEAT_STOPPED, WAIT, |_| true);
