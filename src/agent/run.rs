@@ -173,6 +173,10 @@ fn run(argv: Vec<String>) -> Result<(), MainError> {
     let mut receivers = Vec::new();
     for (i, addr) in settings.listen.iter().enumerate() {
         let sock = UdpSocket::bind(addr).map_err(io_err(format!("guestServer socket {addr}")))?;
+        // Every guestServer's events (and query replies) land here in bursts.
+        if let Err(e) = gh_threads::udp::raise_recv_buffer(&sock, 4 << 20) {
+            log::warn!("cannot raise the receive buffer of {addr}: {e}");
+        }
         let name = format!("udp-server-{i}");
         receivers.push(
             spawn_udp_receiver(&name, sock, ENVELOPE_LEN, ev_tx.clone(), link::decode_datagram, Event::ThreadExited)

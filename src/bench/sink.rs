@@ -7,7 +7,6 @@
 //! a clone of the same socket, so the server sees one agent address.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -113,21 +112,7 @@ impl Drop for Sink {
 }
 
 fn set_rcvbuf(sock: &UdpSocket) {
-    let v: libc::c_int = RCVBUF;
-    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-        // SAFETY: a valid socket fd and a pointer to an int of the given size.
-        let r = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&v as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r == 0 {
-            return;
-        }
+    if gh_threads::udp::raise_recv_buffer(sock, RCVBUF as usize).is_err() {
+        log::warn!("cannot raise the sink's SO_RCVBUF; a burst of events may be dropped");
     }
-    log::warn!("cannot raise the sink's SO_RCVBUF; a burst of events may be dropped");
 }

@@ -17,6 +17,10 @@ use guest_heartbeat::server::dispatcher::{Dispatcher, Event, Exit, Io, INBOX};
 use guest_heartbeat::server::{statefile, status};
 use guest_heartbeat::wire::envelope::ENVELOPE_LEN;
 
+/// Receive buffer for agent commands: a READY replay or QRY audit of
+/// thousands of instances arrives as a burst.
+const UDP_RCVBUF: usize = 4 << 20;
+
 fn main() -> ExitCode {
     let flags = match Flags::parse(std::env::args().skip(1)) {
         Ok(f) => f,
@@ -87,6 +91,9 @@ fn run(settings: Settings) -> Result<ExitCode, String> {
 
     let (tx, rx) = crossbeam_channel::bounded::<Event>(INBOX);
     let rx_sock = UdpSocket::bind(settings.listen).map_err(|e| format!("cannot bind UDP {}: {e}", settings.listen))?;
+    if let Err(e) = gh_threads::udp::raise_recv_buffer(&rx_sock, UDP_RCVBUF) {
+        log::warn!("cannot raise the UDP receive buffer: {e}");
+    }
     let any: SocketAddr = match settings.agent_addr() {
         Some(SocketAddr::V6(_)) => "[::]:0".parse().map_err(|_| "bad address")?,
         _ => "0.0.0.0:0".parse().map_err(|_| "bad address")?,

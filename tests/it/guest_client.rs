@@ -215,8 +215,27 @@ fn app_api_health_vote_and_death() {
     let mut app = ApiClient::register(&api, &app_init(400), WAIT).unwrap();
     let mut handler = TestApp { healthy: false };
     assert!(app.serve_until(&mut handler, WAIT, |m| matches!(m, ApiMsg::Challenge { .. })).unwrap());
-    // The app's unhealthy report reaches the host with its text.
+    // The app's unhealthy report reaches the host. The app's answer and the
+    // host's challenge race inside the daemon, so challenge until the
+    // aggregate has it; the first unhealthy response carries the action.
     let (health, action) = heartbeat(&mut host, id, 6);
+    let (health, action) = if health == "healthy" {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            assert!(Instant::now() < deadline, "the app's unhealthy report never reached the host");
+            host.send(HostMsg::Challenge(Challenge { heartbeat_challenge: 6 }));
+            let r = host.expect("challenge_response", |m| match m {
+                GuestMsg::ChallengeResponse(r) => Some((r.heartbeat_health.clone(), r.corrective_action.clone())),
+                _ => None,
+            });
+            if r.0 != "healthy" {
+                break r;
+            }
+            assert!(app.serve_until(&mut handler, Duration::from_millis(200), |_| false).is_ok());
+        }
+    } else {
+        (health, action)
+    };
     assert_eq!((health.as_str(), action.as_str()), ("unhealthy", "stop"));
     handler.healthy = true;
 

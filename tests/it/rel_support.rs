@@ -184,7 +184,17 @@ impl Fleet {
                 .collect();
             running.len() == uuids.len()
         });
-        assert!(ok, "not every fleet guest reached RUNNING");
+        if !ok {
+            let running: HashSet<String> = col
+                .got
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|g| g.cmd == cmd::HEARTBEAT_RUNNING)
+                .filter_map(|g| g.json["uuid"].as_str().map(str::to_string))
+                .collect();
+            panic!("only {} of {} fleet guests reached RUNNING", running.len(), uuids.len());
+        }
         Self { sim, uuids }
     }
 

@@ -212,7 +212,10 @@ impl FakeAgent {
     }
 
     pub fn bind(addr: &str) -> Self {
-        Self { sock: UdpSocket::bind(addr).unwrap() }
+        let sock = UdpSocket::bind(addr).unwrap();
+        // Bursts (a fleet's RUNNING events) must not overflow the test's socket.
+        let _ = gh_threads::udp::raise_recv_buffer(&sock, 8 << 20);
+        Self { sock }
     }
 
     pub fn addr(&self) -> SocketAddr {

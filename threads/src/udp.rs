@@ -117,6 +117,33 @@ pub fn spawn_udp_receiver<E: Send + 'static>(
     Ok(UdpHandle { stop, wake_addr: wake, thread: Some(thread) })
 }
 
+/// Raises the socket's receive buffer to `bytes` (as root beyond
+/// `net.core.rmem_max`), so a burst of datagrams (a READY replay, a fleet's
+/// events) waits in the kernel instead of being dropped while the receiver
+/// thread is not scheduled.
+pub fn raise_recv_buffer(sock: &UdpSocket, bytes: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let mut last = std::io::Error::from_raw_os_error(libc::EINVAL);
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: a valid socket fd and a pointer to an int of the given size.
+        let r = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        last = std::io::Error::last_os_error();
+    }
+    Err(last)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +200,13 @@ mod tests {
         assert_eq!(wake_addr(v6), "[::1]:99".parse().unwrap());
         let v4: SocketAddr = "10.0.0.1:5".parse().unwrap();
         assert_eq!(wake_addr(v4), v4);
+    }
+
+    #[test]
+    fn receive_buffer_can_be_raised() {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        // As root the forced size applies; otherwise the sysctl cap does,
+        // and the call still succeeds.
+        super::raise_recv_buffer(&sock, 1 << 20).unwrap();
     }
 }
