@@ -118,6 +118,23 @@ fn rel_ack_every_loss_reaches_the_vim_once_through_a_30_percent_lossy_relay() {
         assert_eq!(agent.vim("PATCH", &format!("/v1/instances/{u}"), Some(&set)).0, 200);
         side.enable(ls.server.udp, u);
     }
+    // The agent's ADD_INST ("disabled") crosses the lossy relay and may land
+    // after the direct enable: make sure every gate is on before the test.
+    let all_enabled = wait_for(WAIT, || {
+        let (_, body) = ls.server.get("/v1/instances");
+        let doc: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let off: Vec<String> = doc["instances"]
+            .as_array()?
+            .iter()
+            .filter(|i| i["reporting"] != true)
+            .filter_map(|i| i["uuid"].as_str().map(str::to_string))
+            .collect();
+        for u in &off {
+            side.enable(ls.server.udp, u);
+        }
+        (off.is_empty() && doc["instances"].as_array()?.len() == uuids.len()).then_some(())
+    });
+    assert!(all_enabled.is_some(), "reporting never enabled for every instance");
     let mut guests: Vec<FakeGuest> = uuids.iter().map(|u| FakeGuest::listen(&ls.server.channels, u)).collect();
     for g in &mut guests {
         g.handshake(300);
