@@ -120,21 +120,32 @@ fn rel_ack_every_loss_reaches_the_vim_once_through_a_30_percent_lossy_relay() {
     }
     // The agent's ADD_INST ("disabled") crosses the lossy relay and may land
     // after the direct enable: make sure every gate is on before the test.
-    let all_enabled = wait_for(WAIT, || {
+    let mut last_off = Vec::new();
+    let all_enabled = wait_for(Duration::from_secs(40), || {
         let (_, body) = ls.server.get("/v1/instances");
         let doc: serde_json::Value = serde_json::from_str(&body).ok()?;
-        let off: Vec<String> = doc["instances"]
+        // Off, or missing (an audit may have removed one the agent did not
+        // know yet): re-assert both.
+        let on: std::collections::HashSet<&str> = doc["instances"]
             .as_array()?
             .iter()
-            .filter(|i| i["reporting"] != true)
-            .filter_map(|i| i["uuid"].as_str().map(str::to_string))
+            .filter(|i| i["reporting"] == true)
+            .filter_map(|i| i["uuid"].as_str())
             .collect();
+        let off: Vec<String> = uuids.iter().filter(|u| !on.contains(u.as_str())).cloned().collect();
         for u in &off {
+            // Both the agent's record (master of reporting; its audit
+            // re-asserts it) and the server directly.
+            let set = format!(
+                r#"{{"uuid":"{u}","hostname":"compute-0","services":[{{"service":"heartbeat","state":"enabled"}}]}}"#
+            );
+            agent.vim("PATCH", &format!("/v1/instances/{u}"), Some(&set));
             side.enable(ls.server.udp, u);
         }
-        (off.is_empty() && doc["instances"].as_array()?.len() == uuids.len()).then_some(())
+        last_off = off.clone();
+        off.is_empty().then_some(())
     });
-    assert!(all_enabled.is_some(), "reporting never enabled for every instance");
+    assert!(all_enabled.is_some(), "reporting never enabled for every instance; still off: {last_off:?}");
     let mut guests: Vec<FakeGuest> = uuids.iter().map(|u| FakeGuest::listen(&ls.server.channels, u)).collect();
     for g in &mut guests {
         g.handshake(300);
