@@ -13,7 +13,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -32,48 +32,9 @@ pub struct LoggedServer {
 /// Starts guestServer with `ini` (after `[agent] rx_port`), `--http`, and
 /// stderr to a file, on `udp_port`.
 pub fn start_logged(dir: &TestDir, agent: &FakeAgent, ini: &str, udp_port: u16, http: SocketAddr) -> LoggedServer {
-    let channels = dir.path("ch");
-    std::fs::create_dir_all(&channels).unwrap();
-    let config = dir.path("guestServer.ini");
-    std::fs::write(&config, format!("[agent]\nrx_port = {}\n{ini}", agent.addr().port())).unwrap();
-    let udp = SocketAddr::from(([127, 0, 0, 1], udp_port));
     let log = dir.path("guestServer.log");
     let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_guestServer"))
-        .arg("-f")
-        .arg("--config")
-        .arg(&config)
-        .arg("--channel-dir")
-        .arg(&channels)
-        .arg("--pidfile")
-        .arg(dir.path("guestServer.pid"))
-        .arg("--health-file")
-        .arg(dir.path("guestServer.info"))
-        .arg("--state-dir")
-        .arg(dir.path("state"))
-        .arg("--hostname")
-        .arg("compute-0")
-        .arg("--listen")
-        .arg(udp.to_string())
-        .arg("--agent")
-        .arg(agent.addr().to_string())
-        .arg("--http")
-        .arg(http.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log_file))
-        .spawn()
-        .expect("start guestServer");
-    let server = Server {
-        child,
-        channels,
-        state: dir.path("state"),
-        pidfile: dir.path("guestServer.pid"),
-        health: dir.path("guestServer.info"),
-        config,
-        udp,
-        http: Some(http),
-    };
+    let server = Server::launch(dir, agent, ini, &[], udp_port, Some(http), Stdio::from(log_file));
     LoggedServer { server, log }
 }
 

@@ -106,13 +106,27 @@ impl Server {
 
     /// Starts on a given UDP port (restart tests reuse it).
     pub fn start_on(dir: &TestDir, agent: &FakeAgent, opts: ServerOpts<'_>, udp_port: u16) -> Self {
+        let http = opts.http.then(|| SocketAddr::from(([127, 0, 0, 1], free_tcp_port())));
+        let stderr = if std::env::var_os("GH_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() };
+        Self::launch(dir, agent, opts.ini, &opts.args, udp_port, http, stderr)
+    }
+
+    /// The one place that builds guestServer's command line for tests.
+    pub fn launch(
+        dir: &TestDir,
+        agent: &FakeAgent,
+        ini: &str,
+        args: &[String],
+        udp_port: u16,
+        http: Option<SocketAddr>,
+        stderr: Stdio,
+    ) -> Self {
         let channels = dir.path("ch");
         std::fs::create_dir_all(&channels).unwrap();
         let config = dir.path("guestServer.ini");
         // Events go to the agent's address on [agent] rx_port once it has
         // written to us, as with the real daemons: point that at the fake.
-        std::fs::write(&config, format!("[agent]\nrx_port = {}\n{}", agent.addr().port(), opts.ini)).unwrap();
-        let http = opts.http.then(|| SocketAddr::from(([127, 0, 0, 1], free_tcp_port())));
+        std::fs::write(&config, format!("[agent]\nrx_port = {}\n{ini}", agent.addr().port())).unwrap();
         let udp = SocketAddr::from(([127, 0, 0, 1], udp_port));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_guestServer"));
         cmd.arg("-f")
@@ -132,10 +146,10 @@ impl Server {
             .arg(udp.to_string())
             .arg("--agent")
             .arg(agent.addr().to_string())
-            .args(&opts.args)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(if std::env::var_os("GH_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() });
+            .stderr(stderr);
         if let Some(h) = http {
             cmd.arg("--http").arg(h.to_string());
         }
