@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::bounded;
-use gh_threads::http::{spawn_http, HttpError};
+use gh_threads::http::{spawn_http, GateLimits, HttpError};
 use gh_threads::signals::spawn_signals;
 use gh_threads::timer::spawn_timer;
 use gh_threads::udp::spawn_udp_receiver;
@@ -18,6 +18,7 @@ use thiserror::Error;
 use crate::daemon::{self, DaemonError, LogTarget, PidFile};
 use crate::ini::ConfigError;
 use crate::wire::envelope::ENVELOPE_LEN;
+use crate::wire::vim::Fail;
 
 use super::api::{self, ApiContext};
 use super::config::{self, Settings, USAGE};
@@ -205,8 +206,15 @@ fn run(argv: Vec<String>) -> Result<(), MainError> {
         timeout: settings.api_timeout,
         body_limit: settings.body_limit,
     };
-    let http =
-        spawn_http("http", settings.http, move |req| api::handle(req, &ctx), ev_tx.clone(), Event::ThreadExited)?;
+    let limits = GateLimits::new(settings.body_limit, Fail::gate_body);
+    let http = spawn_http(
+        "http",
+        settings.http,
+        limits,
+        move |req| api::handle(req, &ctx),
+        ev_tx.clone(),
+        Event::ThreadExited,
+    )?;
     log::info!(
         "guestAgent up: VIM API on {}, events to {}, source {source}, {} static host(s)",
         http.local_addr,

@@ -10,12 +10,17 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::ExitCode;
 use std::time::Instant;
 
+use gh_threads::http::GateLimits;
 use guest_heartbeat::daemon::{self, LogTarget, PidFile};
 use guest_heartbeat::rng::Rng;
 use guest_heartbeat::server::config::{load_ini, Flags, Settings, HELP};
 use guest_heartbeat::server::dispatcher::{Dispatcher, Event, Exit, Io, INBOX};
 use guest_heartbeat::server::{statefile, status};
 use guest_heartbeat::wire::envelope::ENVELOPE_LEN;
+use guest_heartbeat::wire::vim::Fail;
+
+/// The status API is GET-only; a body is never needed.
+const STATUS_BODY_LIMIT: usize = 4096;
 
 /// Receive buffer for agent commands: a READY replay or QRY audit of
 /// thousands of instances arrives as a burst.
@@ -118,8 +123,15 @@ fn run(settings: Settings) -> Result<ExitCode, String> {
             .map_err(|e| format!("cannot start UDP thread: {e}"))?;
     let http = match settings.http {
         Some(addr) => Some(
-            gh_threads::http::spawn_http("http", addr, status::handler(tx.clone()), tx.clone(), Event::ThreadExit)
-                .map_err(|e| e.to_string())?,
+            gh_threads::http::spawn_http(
+                "http",
+                addr,
+                GateLimits::new(STATUS_BODY_LIMIT, Fail::gate_body),
+                status::handler(tx.clone()),
+                tx.clone(),
+                Event::ThreadExit,
+            )
+            .map_err(|e| e.to_string())?,
         ),
         None => None,
     };

@@ -37,6 +37,15 @@ impl Fail {
     pub fn new(reason: &str) -> Self {
         Self { status: "fail".into(), reason: reason.into() }
     }
+
+    /// The body of the HTTP gate's own refusals (`GateLimits::reject`), so
+    /// that they look like every other API error. The status code is in the
+    /// status line.
+    pub fn gate_body(_status: u16, reason: &str) -> Vec<u8> {
+        let mut body = serde_json::to_vec(&Fail::new(reason)).unwrap_or_default();
+        body.push(b'\n');
+        body
+    }
 }
 
 /// Body of the VIM's host calls: `{"uuid","hostname"}`.

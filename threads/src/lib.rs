@@ -21,6 +21,8 @@
 pub mod framer;
 pub mod guard;
 pub mod http;
+mod http_gate;
+pub mod http_head;
 pub mod ratelimit;
 pub mod reader;
 pub mod signals;
