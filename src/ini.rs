@@ -47,6 +47,9 @@ pub enum ConfigError {
     Missing { file: String, section: String, key: String },
     #[error("{flag}: {reason}")]
     BadFlag { flag: String, reason: String },
+    /// The HMAC key file (issue 6); the message names the file.
+    #[error(transparent)]
+    Key(#[from] crate::keyfile::KeyFileError),
 }
 
 impl Ini {

@@ -1,7 +1,7 @@
 //! guest-heartbeat: the domain crate. Wire types (`wire`), the guestServer
 //! domain (`server`), the guestAgent domain (`agent`), the guest-client
 //! domain (`guest`), the guest simulator (`sim`), process plumbing
-//! (`daemon`, `ini`), and the binaries under `src/bin/`.
+//! (`daemon`, `ini`, `keyfile`), and the binaries under `src/bin/`.
 
 pub mod agent;
 pub mod bench;
@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod demo;
 pub mod guest;
 pub mod ini;
+pub mod keyfile;
 pub mod rng;
 pub mod server;
 pub mod sim;

@@ -15,6 +15,7 @@ use log::LevelFilter;
 
 use crate::daemon::parse_level;
 use crate::ini::{ConfigError, Ini};
+use crate::wire::auth::HmacKey;
 
 use super::vim_client::VimUrl;
 
@@ -42,6 +43,7 @@ pub struct Args {
     pub hosts: Vec<String>,
     pub self_register: bool,
     pub log_level: Option<String>,
+    pub hmac_key_file: Option<PathBuf>,
 }
 
 /// A host given by `[hosts]` or `--host`.
@@ -93,6 +95,10 @@ pub struct Settings {
     pub log_level: LevelFilter,
     pub body_limit: usize,
     pub api_timeout: Duration,
+    /// The shared key of the UDP link to guestServers (issue 6); `None` is
+    /// the originals' unauthenticated envelope. mtcAgent traffic is never
+    /// signed.
+    pub hmac_key: Option<HmacKey>,
 }
 
 pub const USAGE: &str = "\
@@ -120,6 +126,11 @@ Options:
       --host NAME=UUID,IP[:PORT]  a static host (repeatable); PORT defaults to [client] rx_port
       --self-register       learn hosts from guestServer READY ([agent] self_register)
       --log-level LEVEL     error, warn, info, debug or trace [default: info]
+      --hmac-key-file FILE  shared key ([agent] hmac_key_file): sign every command to
+                            guestServers with HMAC-SHA256 and drop their datagrams
+                            without a valid tag [default: off, byte-compatible with
+                            the C++ peers]. Mode 0600 or 0640; one trailing newline
+                            is ignored
   -l, --log                 accepted and ignored (the init script passes it)
   -h, --help                print this help
 
@@ -161,6 +172,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(argv: I) -> Result<Args, Confi
             "--source" => a.source = Some(value(&mut it)?),
             "--host" => a.hosts.push(value(&mut it)?),
             "--log-level" => a.log_level = Some(value(&mut it)?),
+            "--hmac-key-file" => a.hmac_key_file = Some(value(&mut it)?.into()),
             _ => return Err(bad_flag(&arg, "unknown option (see --help)")),
         }
     }
@@ -218,7 +230,8 @@ pub fn parse_host(name: &str, spec: &str, client_port: u16) -> Result<StaticHost
     Ok(StaticHost { hostname: name.to_string(), uuid: uuid.trim().to_string(), ip: ip.to_string(), port })
 }
 
-/// Stage 2, pure: combines flags and parsed files.
+/// Stage 2: combines flags and parsed files. Pure, except that it reads the
+/// HMAC key file when one is named.
 pub fn settings(
     args: &Args,
     agent: Option<&Ini>,
@@ -269,6 +282,10 @@ pub fn settings(
     };
     let retry_min = millis(agent, "retry_min_ms", "vim", 1000)?;
     let retry_max = millis(agent, "retry_max_ms", "vim", 30_000)?.max(retry_min);
+    let hmac_key = match args.hmac_key_file.clone().or_else(|| text("agent", "hmac_key_file").map(PathBuf::from)) {
+        Some(p) if !p.as_os_str().is_empty() && p != Path::new("off") => Some(crate::keyfile::load(&p)?),
+        _ => None,
+    };
     let self_register = match agent {
         Some(i) => i.bool("agent", "self_register")?.unwrap_or(false),
         None => false,
@@ -308,6 +325,7 @@ pub fn settings(
         log_level,
         body_limit: 64 * 1024,
         api_timeout: millis(agent, "api_timeout_ms", "agent", 5_000)?,
+        hmac_key,
     })
 }
 

@@ -81,3 +81,23 @@ fn explicit_missing_file_is_an_error() {
     let a = args(&["--config", "/nonexistent/guestAgent.ini"]);
     assert!(load(&a).is_err());
 }
+
+#[test]
+fn hmac_key_file_from_flag_or_ini_and_off_by_default() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("gh-agent-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("key");
+    std::fs::write(&key, "s3cret\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let k = key.display().to_string();
+    assert_eq!(settings(&Args::default(), None, None, None).unwrap().hmac_key, None);
+    let want = Some(HmacKey::new(b"s3cret".to_vec()).unwrap());
+    assert_eq!(settings(&args(&["--hmac-key-file", &k]), None, None, None).unwrap().hmac_key, want);
+    let file = ini(&format!("[agent]\nhmac_key_file = {k}\n"), "guestAgent.ini");
+    assert_eq!(settings(&Args::default(), Some(&file), None, None).unwrap().hmac_key, want);
+    std::fs::write(&key, "").unwrap();
+    let err = settings(&args(&["--hmac-key-file", &k]), None, None, None).unwrap_err();
+    assert_eq!(err.to_string(), format!("HMAC key file {k}: empty"));
+    let _ = std::fs::remove_dir_all(dir);
+}

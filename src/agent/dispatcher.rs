@@ -106,6 +106,10 @@ impl Dispatcher {
         let s = &mut self.state;
         match ev {
             Event::Server { from, msg: Ok(m) } => s.on_server(from, m, now),
+            Event::Server { from, msg: Err(LinkError::Auth(e)) } => {
+                s.counters.auth_failed += 1;
+                s.warn_limited(now, format!("dropping datagram from {from}: {e}"));
+            }
             Event::Server { from, msg: Err(e) } | Event::Mtc { from, msg: Err(e) } => {
                 s.counters.bad_datagrams += 1;
                 s.warn_limited(now, format!("bad datagram from {from}: {e}"));

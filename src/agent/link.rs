@@ -1,7 +1,9 @@
 //! The guestServer link (agent spec §7): decoding the datagrams guestServers
 //! send (on the UDP receiver threads, through `decode_datagram`), encoding the
 //! commands the agent sends (§7.3, exact payloads, `100 + strlen` bytes), and
-//! the dispatcher's handling of every event (§7.4).
+//! the dispatcher's handling of every event (§7.4). With a shared key
+//! (`[agent] hmac_key_file`), received datagrams are opened on the receiver
+//! threads and commands sealed on the dispatcher (`wire::auth`).
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -9,6 +11,7 @@ use std::time::Instant;
 use gh_threads::udp::Datagram;
 use thiserror::Error;
 
+use crate::wire::auth::{self, AuthError, HmacKey};
 use crate::wire::envelope::{cmd, Envelope, EnvelopeError, SIG_GUEST};
 use crate::wire::payload::{
     enabled_str, to_json, ActionCmdOut, EventAck, HostCmdOut, InstCmdOut, InstanceInfo, Loss, Ready, Source, VoteNotify,
@@ -45,6 +48,8 @@ pub enum LinkError {
     },
     #[error("unexpected signature {0:?}")]
     Signature(String),
+    #[error("not authenticated")]
+    Auth(#[from] AuthError),
 }
 
 fn json<T: serde::de::DeserializeOwned>(env: &Envelope) -> Result<T, LinkError> {
@@ -69,6 +74,28 @@ pub fn decode(bytes: &[u8]) -> Result<ServerMsg, LinkError> {
 /// The UDP receiver's map function for guestServer sockets.
 pub fn decode_datagram(d: Datagram) -> Event {
     Event::Server { from: d.from, msg: decode(&d.bytes) }
+}
+
+/// Decodes a datagram, first checking its tag when a key is configured.
+pub fn decode_keyed(key: Option<&HmacKey>, bytes: &[u8]) -> Result<ServerMsg, LinkError> {
+    match key {
+        None => decode(bytes),
+        Some(k) => decode(auth::open(k, bytes)?),
+    }
+}
+
+/// The receiver's map function with the key on; the thread owns a copy.
+pub fn keyed_decoder(key: HmacKey) -> impl Fn(Datagram) -> Event + Send + 'static {
+    move |d: Datagram| Event::Server { from: d.from, msg: decode_keyed(Some(&key), &d.bytes) }
+}
+
+/// Encodes a command; with a key, as the sealed 1092-byte form.
+pub fn encode_keyed(c: &ServerCmd, source: &str, key: Option<&HmacKey>) -> Result<Vec<u8>, LinkError> {
+    let bytes = encode(c, source)?;
+    match key {
+        None => Ok(bytes),
+        Some(k) => Ok(auth::seal(k, &bytes)?),
+    }
 }
 
 /// Encodes a command with its exact payload.
@@ -378,6 +405,25 @@ mod tests {
         assert_eq!(&b[72..76], &cmd::QRY_INST.to_le_bytes());
         let b = encode(&ServerCmd::DelInst { uuid: "u".into() }, "s").unwrap();
         assert_eq!(&b[100..], br#"{"source":"s","uuid":"u","service":"heartbeat","state":"disabled"}"#);
+    }
+
+    #[test]
+    fn keyed_commands_and_datagrams_round_trip_and_unkeyed_ones_are_refused() {
+        let key = HmacKey::new(b"k".to_vec()).unwrap();
+        let plain = encode(&ServerCmd::Query, "s").unwrap();
+        assert_eq!(encode_keyed(&ServerCmd::Query, "s", None).unwrap(), plain);
+        let sealed = encode_keyed(&ServerCmd::Query, "s", Some(&key)).unwrap();
+        assert_eq!((sealed.len(), &sealed[..plain.len()]), (1092, &plain[..]));
+        let loss = Envelope::new(cmd::HEARTBEAT_LOSS, br#"{"hostname":"h","uuid":"u"}"#.to_vec());
+        let full = loss.encode_full().unwrap();
+        let want = ServerMsg::Loss(Loss { hostname: "h".into(), uuid: "u".into(), event_id: None });
+        assert_eq!(decode_keyed(None, &full).unwrap(), want);
+        assert_eq!(decode_keyed(Some(&key), &auth::seal(&key, &full).unwrap()).unwrap(), want);
+        let err = decode_keyed(Some(&key), &full).unwrap_err();
+        assert!(matches!(err, LinkError::Auth(AuthError::Length(1060))), "{err:?}");
+        let other = HmacKey::new(b"other".to_vec()).unwrap();
+        let err = decode_keyed(Some(&key), &auth::seal(&other, &full).unwrap()).unwrap_err();
+        assert!(matches!(err, LinkError::Auth(AuthError::BadTag)), "{err:?}");
     }
 
     #[test]

@@ -129,5 +129,12 @@ pub fn render(s: &State) -> String {
         "guestServer datagrams from unknown addresses.",
         &rej,
     );
+    metric(
+        &mut out,
+        "guestagent_udp_auth_failed_total",
+        "counter",
+        "guestServer datagrams dropped: HMAC tag missing or wrong.",
+        &one(c.auth_failed),
+    );
     out
 }

@@ -16,6 +16,15 @@ proptest! {
     }
 
     #[test]
+    fn keyed_server_datagrams_never_panic(
+        bytes in prop::collection::vec(any::<u8>(), 0..1200),
+        key in prop::collection::vec(any::<u8>(), 1..64),
+    ) {
+        let key = crate::wire::auth::HmacKey::new(key).unwrap();
+        prop_assert!(super::link::decode_keyed(Some(&key), &bytes).is_err());
+    }
+
+    #[test]
     fn urls_and_bodies_never_panic(
         url in "\\PC{0,120}",
         tail in "(/v1/(hosts|instances)/)?\\PC{0,60}",

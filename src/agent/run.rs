@@ -17,6 +17,7 @@ use thiserror::Error;
 
 use crate::daemon::{self, DaemonError, LogTarget, PidFile};
 use crate::ini::ConfigError;
+use crate::wire::auth::SEALED_LEN;
 use crate::wire::envelope::ENVELOPE_LEN;
 use crate::wire::vim::Fail;
 
@@ -179,10 +180,20 @@ fn run(argv: Vec<String>) -> Result<(), MainError> {
             log::warn!("cannot raise the receive buffer of {addr}: {e}");
         }
         let name = format!("udp-server-{i}");
-        receivers.push(
-            spawn_udp_receiver(&name, sock, ENVELOPE_LEN, ev_tx.clone(), link::decode_datagram, Event::ThreadExited)
-                .map_err(io_err(name))?,
-        );
+        let spawned = match &settings.hmac_key {
+            None => {
+                spawn_udp_receiver(&name, sock, ENVELOPE_LEN, ev_tx.clone(), link::decode_datagram, Event::ThreadExited)
+            }
+            Some(key) => spawn_udp_receiver(
+                &name,
+                sock,
+                SEALED_LEN,
+                ev_tx.clone(),
+                link::keyed_decoder(key.clone()),
+                Event::ThreadExited,
+            ),
+        };
+        receivers.push(spawned.map_err(io_err(name))?);
         log::info!("listening for guestServers on {addr}");
     }
     if let Some(addr) = settings.mtc_listen {
@@ -221,6 +232,9 @@ fn run(argv: Vec<String>) -> Result<(), MainError> {
         settings.vim_url,
         settings.hosts.len()
     );
+    if let Some(key) = &settings.hmac_key {
+        log::info!("UDP link to guestServers authenticated with HMAC-SHA256 ({}-byte key)", key.len());
+    }
     drop(ev_tx);
 
     let io = Io { udp: udp_tx, events_tx, query_tx, waker: Box::new(timer) };

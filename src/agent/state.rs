@@ -15,7 +15,7 @@ use gh_threads::wheel::{TimerId, TimerWheel};
 
 use super::config::Settings;
 use super::inventory::{Inventory, Outgoing};
-use super::link::encode;
+use super::link::encode_keyed;
 use super::mtc::ready_datagram;
 use super::outbox::{Backoff, Outbox};
 use super::persist::{self, Persisted};
@@ -70,6 +70,8 @@ pub struct Counters {
     pub events_acked: u64,
     pub events_duplicate: u64,
     pub rejected_source: u64,
+    /// Datagrams dropped because their HMAC tag was missing or wrong.
+    pub auth_failed: u64,
 }
 
 /// See the module doc.
@@ -151,7 +153,7 @@ impl State {
 
     /// Sends one command to a guestServer; failures are logged, not fatal.
     pub fn send(&mut self, out: Outgoing) {
-        let bytes = match encode(&out.cmd, &self.source) {
+        let bytes = match encode_keyed(&out.cmd, &self.source, self.cfg.hmac_key.as_ref()) {
             Ok(b) => b,
             Err(e) => {
                 log::error!("cannot encode {:?} for {}: {e}", out.cmd, out.hostname);

@@ -16,6 +16,7 @@ use guest_heartbeat::rng::Rng;
 use guest_heartbeat::server::config::{load_ini, Flags, Settings, HELP};
 use guest_heartbeat::server::dispatcher::{Dispatcher, Event, Exit, Io, INBOX};
 use guest_heartbeat::server::{statefile, status};
+use guest_heartbeat::wire::auth::SEALED_LEN;
 use guest_heartbeat::wire::envelope::ENVELOPE_LEN;
 use guest_heartbeat::wire::vim::Fail;
 
@@ -86,6 +87,9 @@ fn run(settings: Settings) -> Result<ExitCode, String> {
         settings.agent,
         settings.state_dir.display()
     );
+    if let Some(key) = &settings.hmac_key {
+        log::info!("UDP link to guestAgent authenticated with HMAC-SHA256 ({}-byte key)", key.len());
+    }
     let saved = match statefile::load(&settings.state_dir) {
         Ok(saved) => saved,
         Err(e) => {
@@ -118,8 +122,10 @@ fn run(settings: Settings) -> Result<ExitCode, String> {
     let watcher =
         gh_threads::watcher::spawn_watcher(settings.channel_dir.clone(), tx.clone(), Event::Watch, Event::ThreadExit)
             .map_err(|e| format!("cannot watch {}: {e}", settings.channel_dir.display()))?;
+    // With the key on, datagrams are the envelope plus its tag.
+    let max_len = if settings.hmac_key.is_some() { SEALED_LEN } else { ENVELOPE_LEN };
     let udp =
-        gh_threads::udp::spawn_udp_receiver("udp-rx", rx_sock, ENVELOPE_LEN, tx.clone(), Event::Udp, Event::ThreadExit)
+        gh_threads::udp::spawn_udp_receiver("udp-rx", rx_sock, max_len, tx.clone(), Event::Udp, Event::ThreadExit)
             .map_err(|e| format!("cannot start UDP thread: {e}"))?;
     let http = match settings.http {
         Some(addr) => Some(

@@ -1,7 +1,8 @@
 //! The guestServer side of the UDP link with guestAgent (spec server §8):
 //! commands in (accepted only from allowed agent addresses), events and
 //! query replies out in the full 1060-byte envelope, and the READY handshake
-//! (decisions §10).
+//! (decisions §10). With `hmac_key_file` set, datagrams are sealed and
+//! opened with the shared key (`wire::auth`); without it, nothing changes.
 //!
 //! Runs on the dispatcher; the datagrams themselves are received by the
 //! "udp-rx" thread and sent with a non-blocking socket.
@@ -15,6 +16,7 @@ use super::config::Settings;
 use super::dispatcher::{Dispatcher, TimerKey, READY_RETRY};
 use super::instance::AgentEvent;
 use super::retransmit::Retransmit;
+use crate::wire::auth;
 use crate::wire::envelope::{cmd, Envelope, ENVELOPE_LEN};
 use crate::wire::payload::{to_json, ActionCmd, EventAck, HostCmd, InstCmd, InstanceInfo, Loss, Ready, VoteNotify};
 use crate::wire::vocab::{EventType, NotificationType};
@@ -63,7 +65,21 @@ impl Dispatcher {
             }
             return;
         }
-        let env = match Envelope::decode(&dg.bytes) {
+        let bytes = match &self.settings.hmac_key {
+            None => &dg.bytes[..],
+            Some(key) => match auth::open(key, &dg.bytes) {
+                Ok(envelope) => envelope,
+                Err(e) => {
+                    self.metrics.udp_auth_failed += 1;
+                    // Any host can send these: log at powers of two only.
+                    if self.metrics.udp_auth_failed.is_power_of_two() {
+                        log::warn!("dropping datagram from {}: {e} ({} so far)", dg.from, self.metrics.udp_auth_failed);
+                    }
+                    return;
+                }
+            },
+        };
+        let env = match Envelope::decode(bytes) {
             Ok(env) => env,
             Err(e) => {
                 self.metrics.udp_malformed += 1;
@@ -272,7 +288,12 @@ impl Dispatcher {
             // Only a guest-controlled string (a vote reason) can be this long: cut it.
             json = truncate_reason(json);
         }
-        match Envelope::new(code, json).encode_full() {
+        let encoded = Envelope::new(code, json).encode_full().map_err(|e| e.to_string());
+        let sealed = match &self.settings.hmac_key {
+            None => encoded,
+            Some(key) => encoded.and_then(|b| auth::seal(key, &b).map_err(|e| e.to_string())),
+        };
+        match sealed {
             Ok(bytes) => match self.io.udp_tx.send_to(&bytes, dest) {
                 Ok(_) => self.metrics.udp_sent += 1,
                 Err(e) => {

@@ -14,6 +14,7 @@ use log::LevelFilter;
 use super::instance::HbConfig;
 use crate::daemon::parse_level;
 use crate::ini::{ConfigError, Ini};
+use crate::wire::auth::HmacKey;
 
 /// Default config file.
 pub const DEFAULT_CONFIG: &str = "/etc/mtc/guestServer.ini";
@@ -43,6 +44,10 @@ Options (each also an ini key of section [server], same name with '_' for '-'):
       --http ADDR:PORT      read-only status and /metrics (default: off)
       --log-level LEVEL     error, warn, info, debug or trace (default info)
       --syslog-socket PATH  syslog datagram socket (default /dev/log)
+      --hmac-key-file FILE  shared key: sign every datagram to guestAgent with
+                            HMAC-SHA256 and drop commands without a valid tag
+                            (default: off, byte-compatible with the C++ peers).
+                            Mode 0600 or 0640; one trailing newline is ignored
   -l                        accepted for the init script; ignored
   -h, --help                print this help
   -V, --version             print the version
@@ -75,6 +80,7 @@ pub struct Flags {
     pub http: Option<String>,
     pub log_level: Option<String>,
     pub syslog_socket: Option<String>,
+    pub hmac_key_file: Option<String>,
 }
 
 /// Validated settings.
@@ -100,6 +106,9 @@ pub struct Settings {
     pub hb: HbConfig,
     pub limits: ReaderLimits,
     pub max_instances: usize,
+    /// The shared key of the UDP link to guestAgent (issue 6); `None` is
+    /// the originals' unauthenticated envelope.
+    pub hmac_key: Option<HmacKey>,
 }
 
 fn flag_err(flag: &str, reason: impl Into<String>) -> ConfigError {
@@ -136,6 +145,7 @@ impl Flags {
                 "--http" => f.http = Some(value("--http")?),
                 "--log-level" => f.log_level = Some(value("--log-level")?),
                 "--syslog-socket" => f.syslog_socket = Some(value("--syslog-socket")?),
+                "--hmac-key-file" => f.hmac_key_file = Some(value("--hmac-key-file")?),
                 other => return Err(flag_err(other, "unknown option (see --help)")),
             }
         }
@@ -200,6 +210,11 @@ impl Settings {
             .or_else(|| ini.get(s, "hostname").map(|e| e.value.clone()))
             .unwrap_or_else(local_hostname);
         let syslog = text(&flags.syslog_socket, "syslog_socket", "");
+        let key_file = text(&flags.hmac_key_file, "hmac_key_file", "");
+        let hmac_key = match key_file.as_str() {
+            "" | "off" => None,
+            path => Some(crate::keyfile::load(Path::new(path))?),
+        };
         Ok(Settings {
             foreground: flags.foreground,
             config: flags.config.clone(),
@@ -218,6 +233,7 @@ impl Settings {
             hb,
             limits,
             max_instances,
+            hmac_key,
         })
     }
 
@@ -323,6 +339,28 @@ mod tests {
         assert_eq!(err.to_string(), "--pidfile: needs a value");
         let err = resolve(&[], "[agent]\nrx_port = 70000\n").unwrap_err();
         assert!(err.to_string().contains("out of range"), "{err}");
+    }
+
+    #[test]
+    fn hmac_key_file_from_flag_or_ini_and_off_by_default() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("gh-srv-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("key");
+        std::fs::write(&key, "s3cret\n").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let k = key.display().to_string();
+        assert_eq!(resolve(&[], "").unwrap().hmac_key, None);
+        let want = Some(HmacKey::new(b"s3cret".to_vec()).unwrap());
+        assert_eq!(resolve(&["--hmac-key-file", &k], "").unwrap().hmac_key, want);
+        assert_eq!(resolve(&[], &format!("[server]\nhmac_key_file = {k}\n")).unwrap().hmac_key, want);
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = resolve(&["--hmac-key-file", &k], "").unwrap_err();
+        assert!(matches!(err, ConfigError::Key(_)) && err.to_string().contains(&k), "{err}");
+        let missing = dir.join("nope").display().to_string();
+        let err = resolve(&[], &format!("[server]\nhmac_key_file = {missing}\n")).unwrap_err();
+        assert!(err.to_string().contains(&missing), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub udp_commands: u64,
     pub udp_rejected_source: u64,
     pub udp_malformed: u64,
+    pub udp_auth_failed: u64,
     pub udp_sent: u64,
     pub udp_unsent: u64,
     pub actions: u64,
@@ -64,7 +65,7 @@ impl Metrics {
         gauge("timers", "Armed timers.", g.timers as u64);
         gauge("host_reporting", "Host-level reporting gate (1 = enabled).", u64::from(g.host_reporting));
         gauge("uptime_seconds", "Seconds since start.", g.uptime_secs);
-        let counters: [(&str, &str, u64); 25] = [
+        let counters: [(&str, &str, u64); 26] = [
             ("guest_messages_total", "Well-formed messages received from guests.", self.guest_msgs),
             ("guest_nacked_total", "Guest messages answered with a nack.", self.guest_nacked),
             ("guest_malformed_total", "Guest lines dropped as malformed.", self.guest_malformed),
@@ -82,6 +83,7 @@ impl Metrics {
             ("udp_commands_total", "Commands received from guestAgent.", self.udp_commands),
             ("udp_rejected_source_total", "Datagrams dropped: sender not allowed.", self.udp_rejected_source),
             ("udp_malformed_total", "Datagrams dropped: not an envelope.", self.udp_malformed),
+            ("udp_auth_failed_total", "Datagrams dropped: HMAC tag missing or wrong.", self.udp_auth_failed),
             ("udp_sent_total", "Datagrams sent to guestAgent.", self.udp_sent),
             ("udp_unsent_total", "Datagrams that could not be sent.", self.udp_unsent),
             ("actions_total", "Votes and notifications started.", self.actions),

@@ -4,6 +4,7 @@
 
 use proptest::prelude::*;
 
+use super::auth::{open, seal, AuthError, HmacKey, SEALED_LEN};
 use super::envelope::{Envelope, MAX_PAYLOAD};
 use super::guest::*;
 
@@ -139,5 +140,36 @@ proptest! {
             prop_assert_eq!(&back.payload, &payload);
             prop_assert_eq!(back.signature(), &sig[..]);
         }
+    }
+
+    #[test]
+    fn keyed_envelope_opening_never_panics(
+        bytes in prop::collection::vec(any::<u8>(), 0..1200),
+        key in prop::collection::vec(any::<u8>(), 1..100),
+    ) {
+        let key = HmacKey::new(key).unwrap();
+        match open(&key, &bytes) {
+            // A random 32-byte tag matching is a 2^-256 event.
+            Ok(_) => prop_assert!(false, "random bytes authenticated"),
+            Err(AuthError::Length(n)) => prop_assert!(n != SEALED_LEN),
+            Err(e) => prop_assert_eq!((e, bytes.len()), (AuthError::BadTag, SEALED_LEN)),
+        }
+    }
+
+    #[test]
+    fn sealed_envelopes_round_trip_and_any_flip_is_caught(
+        cmd in any::<u32>(),
+        payload in prop::collection::vec(1u8..=255, 0..=MAX_PAYLOAD),
+        key in prop::collection::vec(any::<u8>(), 1..100),
+        flip in 0usize..SEALED_LEN,
+        bit in 0u8..8,
+    ) {
+        let key = HmacKey::new(key).unwrap();
+        let env = Envelope::new(cmd, payload);
+        let sealed = seal(&key, &env.encode_short().unwrap()).unwrap();
+        prop_assert_eq!(Envelope::decode(open(&key, &sealed).unwrap()).unwrap(), env);
+        let mut bad = sealed.clone();
+        bad[flip] ^= 1 << bit;
+        prop_assert_eq!(open(&key, &bad), Err(AuthError::BadTag));
     }
 }

@@ -19,6 +19,7 @@ mod guest_sim;
 mod rel_ack;
 mod rel_agent_faults;
 mod rel_faults;
+mod rel_hmac;
 mod rel_hostile;
 mod rel_http;
 mod rel_support;

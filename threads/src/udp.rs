@@ -77,13 +77,14 @@ fn wake_addr(local: SocketAddr) -> SocketAddr {
 }
 
 /// Spawns thread `name`; see the module doc. The buffer is `max_len + 1`
-/// bytes so the receiver can tell an oversized datagram.
+/// bytes so the receiver can tell an oversized datagram. `map` runs on the
+/// thread (a decoder, possibly holding read-only configuration such as a key).
 pub fn spawn_udp_receiver<E: Send + 'static>(
     name: &str,
     socket: UdpSocket,
     max_len: usize,
     tx: Sender<E>,
-    map: fn(Datagram) -> E,
+    map: impl Fn(Datagram) -> E + Send + 'static,
     on_exit: fn(ThreadExit) -> E,
 ) -> std::io::Result<UdpHandle> {
     let wake = wake_addr(socket.local_addr()?);
