@@ -46,7 +46,8 @@ fn start_client(dir: &TestDir, channels: &std::path::Path) -> Proc {
             .arg("--config")
             .arg(&conf)
             .arg("--api-socket")
-            .arg(dir.path("api.sock")),
+            .arg(dir.path("api.sock"))
+            .stderr(crate::support::child_stderr()),
     )
 }
 

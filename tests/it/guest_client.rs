@@ -25,7 +25,8 @@ fn client(dir: &TempDir, conf: &str) -> Command {
         .arg("--config")
         .arg(&conf_path)
         .arg("--api-socket")
-        .arg(dir.path("api.sock"));
+        .arg(dir.path("api.sock"))
+        .stderr(crate::support::child_stderr());
     c
 }
 
@@ -278,7 +279,7 @@ fn exit_codes() {
     let mut p = Proc::spawn(client(&dir, CONF).stderr(std::process::Stdio::null()));
     assert_eq!(p.wait().code(), Some(6), "missing device");
     std::fs::write(dir.path("host.sock"), "").unwrap();
-    let out = client(&dir, "HB_INTERVAL = 300\n").output().unwrap();
+    let out = client(&dir, "HB_INTERVAL = 300\n").stderr(std::process::Stdio::piped()).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "bad config");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("HB_INTERVAL") && err.contains("line 1"), "{err}");

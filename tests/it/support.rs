@@ -16,6 +16,16 @@ use guest_heartbeat::wire::envelope::{cmd, Envelope, SIG_GUEST};
 use guest_heartbeat::wire::guest::{decode_host, encode_guest, ChallengeResponse, Decoded, GuestMsg, HostMsg, Init};
 use serde_json::Value;
 
+/// Where a daemon started by a test logs: nowhere, unless `GH_TEST_LOG` is
+/// set (then to the test's own stderr), so that a passing run stays quiet.
+pub fn child_stderr() -> Stdio {
+    if std::env::var_os("GH_TEST_LOG").is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    }
+}
+
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// A unique directory removed on drop.
@@ -107,7 +117,7 @@ impl Server {
     /// Starts on a given UDP port (restart tests reuse it).
     pub fn start_on(dir: &TestDir, agent: &FakeAgent, opts: ServerOpts<'_>, udp_port: u16) -> Self {
         let http = opts.http.then(|| SocketAddr::from(([127, 0, 0, 1], free_tcp_port())));
-        let stderr = if std::env::var_os("GH_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() };
+        let stderr = child_stderr();
         Self::launch(dir, agent, opts.ini, &opts.args, udp_port, http, stderr)
     }
 
