@@ -15,6 +15,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 use gh_threads::guard::{ExitReason, ThreadExit};
 
 use crate::daemon::write_health_file;
+use crate::wire::auth::{self, Stamp};
 
 use super::api::{ApiError, ApiReply, ApiRequest};
 use super::config;
@@ -30,7 +31,8 @@ pub const EVENT_QUEUE: usize = 1024;
 #[derive(Debug)]
 pub enum Event {
     /// A datagram from a guestServer.
-    Server { from: SocketAddr, msg: Result<ServerMsg, LinkError> },
+    /// `stamp` is there when the HMAC key is on (checked here for replays).
+    Server { from: SocketAddr, msg: Result<ServerMsg, LinkError>, stamp: Option<Stamp> },
     /// A datagram from mtcAgent.
     Mtc { from: SocketAddr, msg: Result<MtcMsg, LinkError> },
     /// A VIM command with its own reply channel.
@@ -105,12 +107,18 @@ impl Dispatcher {
     pub fn handle(&mut self, ev: Event, now: Instant) -> Option<Stop> {
         let s = &mut self.state;
         match ev {
-            Event::Server { from, msg: Ok(m) } => s.on_server(from, m, now),
-            Event::Server { from, msg: Err(LinkError::Auth(e)) } => {
+            Event::Server { from, msg: Ok(m), stamp } => match stamp.map(|st| s.replay.check(st, auth::wall_us())) {
+                Some(Err(e)) => {
+                    s.counters.auth_failed += 1;
+                    s.warn_limited(now, format!("dropping datagram from {from}: {e}"));
+                }
+                _ => s.on_server(from, m, now),
+            },
+            Event::Server { from, msg: Err(LinkError::Auth(e)), .. } => {
                 s.counters.auth_failed += 1;
                 s.warn_limited(now, format!("dropping datagram from {from}: {e}"));
             }
-            Event::Server { from, msg: Err(e) } | Event::Mtc { from, msg: Err(e) } => {
+            Event::Server { from, msg: Err(e), .. } | Event::Mtc { from, msg: Err(e) } => {
                 s.counters.bad_datagrams += 1;
                 s.warn_limited(now, format!("bad datagram from {from}: {e}"));
             }

@@ -94,7 +94,7 @@ fn loss_goes_to_the_outbox_and_is_retried_on_the_timer() {
     r.d.state.inv.mod_inst("compute-0", "i1", true).unwrap();
     let from = r.gs.local_addr().unwrap();
     let loss = Loss { hostname: "compute-0".into(), uuid: "i1".into(), event_id: None };
-    let ev = Event::Server { from, msg: Ok(crate::agent::link::ServerMsg::Loss(loss)) };
+    let ev = Event::Server { from, msg: Ok(crate::agent::link::ServerMsg::Loss(loss)), stamp: None };
     assert!(r.d.handle(ev, r.t0).is_none());
     let job = r.events.try_recv().unwrap();
     assert_eq!((job.method, job.path.as_str()), ("PATCH", "/nfvi-plugins/v1/instances/i1"));
@@ -153,13 +153,13 @@ fn datagrams_from_unknown_addresses_are_dropped_and_counted() {
         crate::agent::link::ServerMsg::Loss(Loss { hostname: "compute-0".into(), uuid: "i1".into(), event_id: Some(7) })
     };
     let stranger: std::net::SocketAddr = "192.0.2.9:2401".parse().unwrap();
-    assert!(r.d.handle(Event::Server { from: stranger, msg: Ok(loss()) }, r.t0).is_none());
+    assert!(r.d.handle(Event::Server { from: stranger, msg: Ok(loss()), stamp: None }, r.t0).is_none());
     assert!(r.events.try_recv().is_err(), "a forged LOSS reached the VIM");
     assert_eq!(r.d.state.counters.rejected_source, 1);
     // The known host (loopback here) is heard, acknowledged after handling,
     // and a second copy of the same event is acknowledged but not forwarded.
     let from = r.gs.local_addr().unwrap();
-    assert!(r.d.handle(Event::Server { from, msg: Ok(loss()) }, r.t0).is_none());
+    assert!(r.d.handle(Event::Server { from, msg: Ok(loss()), stamp: None }, r.t0).is_none());
     assert!(r.events.try_recv().is_ok());
     let mut buf = [0u8; 2048];
     let (n, _) = r.gs.recv_from(&mut buf).unwrap();
@@ -168,7 +168,7 @@ fn datagrams_from_unknown_addresses_are_dropped_and_counted() {
         (ack.cmd, ack.payload.as_slice()),
         (cmd::EVENT_ACK, br#"{"source":"127.0.0.1","event_id":7}"#.as_slice())
     );
-    assert!(r.d.handle(Event::Server { from, msg: Ok(loss()) }, r.t0).is_none());
+    assert!(r.d.handle(Event::Server { from, msg: Ok(loss()), stamp: None }, r.t0).is_none());
     assert!(r.events.try_recv().is_err(), "a retransmitted LOSS reached the VIM twice");
     assert_eq!(r.d.state.counters.events_duplicate, 1);
     let _ = std::fs::remove_dir_all(&r.dir);

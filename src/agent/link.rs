@@ -11,7 +11,7 @@ use std::time::Instant;
 use gh_threads::udp::Datagram;
 use thiserror::Error;
 
-use crate::wire::auth::{self, AuthError, HmacKey};
+use crate::wire::auth::{self, AuthError, HmacKey, Stamp};
 use crate::wire::envelope::{cmd, Envelope, EnvelopeError, SIG_GUEST};
 use crate::wire::payload::{
     enabled_str, to_json, ActionCmdOut, EventAck, HostCmdOut, InstCmdOut, InstanceInfo, Loss, Ready, Source, VoteNotify,
@@ -73,28 +73,35 @@ pub fn decode(bytes: &[u8]) -> Result<ServerMsg, LinkError> {
 
 /// The UDP receiver's map function for guestServer sockets.
 pub fn decode_datagram(d: Datagram) -> Event {
-    Event::Server { from: d.from, msg: decode(&d.bytes) }
+    Event::Server { from: d.from, msg: decode(&d.bytes), stamp: None }
 }
 
-/// Decodes a datagram, first checking its tag when a key is configured.
-pub fn decode_keyed(key: Option<&HmacKey>, bytes: &[u8]) -> Result<ServerMsg, LinkError> {
+/// Decodes a datagram, first checking its tag when a key is configured; the
+/// stamp (key on) is for the dispatcher's replay check.
+pub fn decode_keyed(key: Option<&HmacKey>, bytes: &[u8]) -> Result<(ServerMsg, Option<Stamp>), LinkError> {
     match key {
-        None => decode(bytes),
-        Some(k) => decode(auth::open(k, bytes)?),
+        None => Ok((decode(bytes)?, None)),
+        Some(k) => {
+            let (envelope, stamp) = auth::open(k, bytes)?;
+            Ok((decode(envelope)?, Some(stamp)))
+        }
     }
 }
 
 /// The receiver's map function with the key on; the thread owns a copy.
 pub fn keyed_decoder(key: HmacKey) -> impl Fn(Datagram) -> Event + Send + 'static {
-    move |d: Datagram| Event::Server { from: d.from, msg: decode_keyed(Some(&key), &d.bytes) }
+    move |d: Datagram| match decode_keyed(Some(&key), &d.bytes) {
+        Ok((msg, stamp)) => Event::Server { from: d.from, msg: Ok(msg), stamp },
+        Err(e) => Event::Server { from: d.from, msg: Err(e), stamp: None },
+    }
 }
 
-/// Encodes a command; with a key, as the sealed 1092-byte form.
+/// Encodes a command; with a key, as the sealed 1108-byte form.
 pub fn encode_keyed(c: &ServerCmd, source: &str, key: Option<&HmacKey>) -> Result<Vec<u8>, LinkError> {
     let bytes = encode(c, source)?;
     match key {
         None => Ok(bytes),
-        Some(k) => Ok(auth::seal(k, &bytes)?),
+        Some(k) => Ok(auth::seal(k, &bytes, auth::wall_us())?),
     }
 }
 
@@ -413,16 +420,17 @@ mod tests {
         let plain = encode(&ServerCmd::Query, "s").unwrap();
         assert_eq!(encode_keyed(&ServerCmd::Query, "s", None).unwrap(), plain);
         let sealed = encode_keyed(&ServerCmd::Query, "s", Some(&key)).unwrap();
-        assert_eq!((sealed.len(), &sealed[..plain.len()]), (1092, &plain[..]));
+        assert_eq!((sealed.len(), &sealed[..plain.len()]), (1108, &plain[..]));
         let loss = Envelope::new(cmd::HEARTBEAT_LOSS, br#"{"hostname":"h","uuid":"u"}"#.to_vec());
         let full = loss.encode_full().unwrap();
         let want = ServerMsg::Loss(Loss { hostname: "h".into(), uuid: "u".into(), event_id: None });
-        assert_eq!(decode_keyed(None, &full).unwrap(), want);
-        assert_eq!(decode_keyed(Some(&key), &auth::seal(&key, &full).unwrap()).unwrap(), want);
+        assert_eq!(decode_keyed(None, &full).unwrap(), (want.clone(), None));
+        let (msg, stamp) = decode_keyed(Some(&key), &auth::seal(&key, &full, 5).unwrap()).unwrap();
+        assert_eq!((msg, stamp.map(|s| s.sender)), (want, Some(key.sender())));
         let err = decode_keyed(Some(&key), &full).unwrap_err();
         assert!(matches!(err, LinkError::Auth(AuthError::Length(1060))), "{err:?}");
         let other = HmacKey::new(b"other".to_vec()).unwrap();
-        let err = decode_keyed(Some(&key), &auth::seal(&other, &full).unwrap()).unwrap_err();
+        let err = decode_keyed(Some(&key), &auth::seal(&other, &full, 5).unwrap()).unwrap_err();
         assert!(matches!(err, LinkError::Auth(AuthError::BadTag)), "{err:?}");
     }
 

@@ -95,6 +95,8 @@ pub struct State {
     pub counters: Counters,
     /// Acknowledged events already acted on (`dedup.rs`).
     pub seen_events: super::dedup::Dedup,
+    /// With the HMAC key on: the guestServers' datagrams already accepted.
+    pub replay: crate::wire::auth::ReplayGuard,
     limiter: LogLimiter,
     /// Set by SIGTERM/SIGINT; the dispatcher loop ends.
     pub stop: bool,
@@ -122,6 +124,7 @@ impl State {
             outbox_dirty: false,
             counters: Counters::default(),
             seen_events: super::dedup::Dedup::default(),
+            replay: crate::wire::auth::ReplayGuard::default(),
             limiter: LogLimiter::new(20, Duration::from_secs(10)),
             stop: false,
             cfg,

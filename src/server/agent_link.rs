@@ -16,7 +16,7 @@ use super::config::Settings;
 use super::dispatcher::{Dispatcher, TimerKey, READY_RETRY};
 use super::instance::AgentEvent;
 use super::retransmit::Retransmit;
-use crate::wire::auth;
+use crate::wire::auth::{self, ReplayGuard};
 use crate::wire::envelope::{cmd, Envelope, ENVELOPE_LEN};
 use crate::wire::payload::{to_json, ActionCmd, EventAck, HostCmd, InstCmd, InstanceInfo, Loss, Ready, VoteNotify};
 use crate::wire::vocab::{EventType, NotificationType};
@@ -32,6 +32,8 @@ pub struct AgentLink {
     pub allowed: Vec<IpAddr>,
     /// Failure and vote events awaiting acknowledgement.
     pub acks: Retransmit,
+    /// With the HMAC key on: the agents' datagrams already accepted.
+    pub replay: ReplayGuard,
 }
 
 impl AgentLink {
@@ -47,6 +49,7 @@ impl AgentLink {
             peer: None,
             allowed: settings.allowed_ips(),
             acks: Retransmit::new(first_id),
+            replay: ReplayGuard::default(),
         }
     }
 }
@@ -67,7 +70,9 @@ impl Dispatcher {
         }
         let bytes = match &self.settings.hmac_key {
             None => &dg.bytes[..],
-            Some(key) => match auth::open(key, &dg.bytes) {
+            Some(key) => match auth::open(key, &dg.bytes)
+                .and_then(|(envelope, stamp)| self.agent.replay.check(stamp, auth::wall_us()).map(|()| envelope))
+            {
                 Ok(envelope) => envelope,
                 Err(e) => {
                     self.metrics.udp_auth_failed += 1;
@@ -291,7 +296,7 @@ impl Dispatcher {
         let encoded = Envelope::new(code, json).encode_full().map_err(|e| e.to_string());
         let sealed = match &self.settings.hmac_key {
             None => encoded,
-            Some(key) => encoded.and_then(|b| auth::seal(key, &b).map_err(|e| e.to_string())),
+            Some(key) => encoded.and_then(|b| auth::seal(key, &b, auth::wall_us()).map_err(|e| e.to_string())),
         };
         match sealed {
             Ok(bytes) => match self.io.udp_tx.send_to(&bytes, dest) {

@@ -166,8 +166,10 @@ proptest! {
     ) {
         let key = HmacKey::new(key).unwrap();
         let env = Envelope::new(cmd, payload);
-        let sealed = seal(&key, &env.encode_short().unwrap()).unwrap();
-        prop_assert_eq!(Envelope::decode(open(&key, &sealed).unwrap()).unwrap(), env);
+        let sealed = seal(&key, &env.encode_short().unwrap(), 1_795_000_000_000_000).unwrap();
+        let (opened, stamp) = open(&key, &sealed).unwrap();
+        prop_assert_eq!(Envelope::decode(opened).unwrap(), env);
+        prop_assert_eq!(stamp.sender, key.sender());
         let mut bad = sealed.clone();
         bad[flip] ^= 1 << bit;
         prop_assert_eq!(open(&key, &bad), Err(AuthError::BadTag));

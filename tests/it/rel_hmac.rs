@@ -208,3 +208,60 @@ fn rel_hmac_bad_key_files_stop_both_daemons_at_start_naming_the_file() {
         assert!(out.contains("--hmac-key-file FILE"), "{bin}: {out}");
     }
 }
+
+/// Replays (issue 6, `wire::auth::ReplayGuard`): a sealed datagram sent a
+/// second time, or sealed with a clock more than 5 minutes off, is dropped,
+/// counted and logged by both daemons; the first copy is acted on once.
+#[test]
+fn rel_hmac_replayed_and_stale_datagrams_are_dropped_counted_and_logged() {
+    use guest_heartbeat::wire::auth::{seal, wall_us, HmacKey};
+    use guest_heartbeat::wire::envelope::Envelope;
+    let dir = TestDir::new("hmacreplay");
+    let key = key_file(&dir, "k.key", "replay-key\n", 0o600);
+    let k = HmacKey::new(b"replay-key".to_vec()).unwrap();
+    let sealed = |c: u32, payload: &str, wall: u64| {
+        // A clock in the past needs a sender of its own: one sender's
+        // sequence never goes back.
+        let k = if wall < wall_us() - 1_000_000 { HmacKey::new(b"replay-key".to_vec()).unwrap() } else { k.clone() };
+        seal(&k, &Envelope::new(c, payload.as_bytes().to_vec()).encode_full().unwrap(), wall).unwrap()
+    };
+    let five_min_ago = wall_us() - 301_000_000;
+
+    // guestAgent: a guestServer's READY, captured and sent again.
+    let gs = FakeUdp::new();
+    let (a, _vim) = agent("hmac-replay", gs.port(), &flag(&key));
+    let ready = sealed(crate::agent_support::cmd::READY, r#"{"hostname":"compute-0"}"#, wall_us());
+    gs.sock.send_to(&ready, a.listen).unwrap();
+    let handled = wait_for(WAIT, || a.log_text().contains("guestServer ready").then_some(()));
+    assert!(handled.is_some(), "the sealed READY was not handled:\n{}", a.log_text());
+    gs.sock.send_to(&ready, a.listen).unwrap();
+    let dropped = wait_for(WAIT, || (agent_metric(&a, "udp_auth_failed_total") >= 1).then_some(()));
+    assert!(dropped.is_some(), "the replayed READY was not dropped:\n{}", a.log_text());
+    assert!(a.log_text().contains("already received (replay)"), "{}", a.log_text());
+    assert_eq!(a.log_text().matches("guestServer ready").count(), 1, "the replay was acted on");
+    let stale = sealed(crate::agent_support::cmd::READY, r#"{"hostname":"compute-0"}"#, five_min_ago);
+    gs.sock.send_to(&stale, a.listen).unwrap();
+    let dropped = wait_for(WAIT, || (agent_metric(&a, "udp_auth_failed_total") >= 2).then_some(()));
+    assert!(dropped.is_some(), "the stale READY was not dropped:\n{}", a.log_text());
+    assert!(a.log_text().contains("more than 300 s away"), "{}", a.log_text());
+
+    // guestServer: an agent's query, captured and sent again. The test's
+    // socket plays the agent.
+    let fake_agent = FakeUdp::new();
+    let (srv, log) = server(&dir, fake_agent.sock.local_addr().unwrap(), free_udp_port(), &flag(&key));
+    // Its READY says its UDP socket is up.
+    fake_agent.recv_cmd(crate::agent_support::cmd::READY);
+    let query = sealed(crate::agent_support::cmd::QRY_INST, r#"{"source":"127.0.0.1"}"#, wall_us());
+    fake_agent.sock.send_to(&query, srv.udp).unwrap();
+    let accepted = wait_for(WAIT, || (metric(&srv, "udp_commands_total") >= 1).then_some(()));
+    assert!(accepted.is_some(), "the sealed query was not accepted:\n{}", std::fs::read_to_string(&log).unwrap());
+    fake_agent.sock.send_to(&query, srv.udp).unwrap();
+    let stale = sealed(crate::agent_support::cmd::QRY_INST, r#"{"source":"127.0.0.1"}"#, five_min_ago);
+    fake_agent.sock.send_to(&stale, srv.udp).unwrap();
+    let dropped = wait_for(WAIT, || (metric(&srv, "udp_auth_failed_total") >= 2).then_some(()));
+    assert!(dropped.is_some(), "the replayed or stale query was not dropped");
+    assert_eq!(metric(&srv, "udp_commands_total"), 1, "a replay was acted on");
+    // Logged at powers of two: the 1st and the 2nd drop.
+    assert_eq!(log_lines(&log, &["dropping datagram from", "already received (replay)"]), 1);
+    assert_eq!(log_lines(&log, &["dropping datagram from", "more than 300 s away"]), 1);
+}
