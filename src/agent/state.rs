@@ -69,6 +69,10 @@ pub struct Counters {
     pub audits: u64,
     pub events_acked: u64,
     pub events_duplicate: u64,
+    /// Events with an id not taken: the outbox was full of undroppable events.
+    pub events_refused: u64,
+    /// Acks not sent because the outbox file could not be written.
+    pub acks_withheld: u64,
     pub rejected_source: u64,
 }
 
@@ -119,7 +123,7 @@ impl State {
             state_dirty: false,
             outbox_dirty: false,
             counters: Counters::default(),
-            seen_events: super::dedup::Dedup::default(),
+            seen_events: super::dedup::Dedup::restore(persisted.seen),
             limiter: LogLimiter::new(20, Duration::from_secs(10)),
             stop: false,
             cfg,
@@ -270,7 +274,7 @@ impl State {
             }
         }
         if self.outbox_dirty {
-            match persist::save_outbox(&self.cfg.state_dir, &self.outbox) {
+            match persist::save_outbox(&self.cfg.state_dir, &self.outbox, &self.seen_events) {
                 Ok(()) => self.outbox_dirty = false,
                 Err(e) => log::error!("cannot write outbox file: {e}"),
             }

@@ -156,10 +156,13 @@ impl Dispatcher {
                 };
                 if self.agent.acks.ack(a.event_id) {
                     self.metrics.events_acked += 1;
-                    self.sync_retransmit_timer();
+                    self.persist(now);
                 } else if a.event_id == 0 {
                     log::debug!("guestAgent acknowledges events");
                 }
+                // The first acknowledgement (often the greeting) starts the
+                // retries of whatever was sent before it or restored.
+                self.sync_retransmit_timer();
             }
             other => log::error!("unsupported command 0x{other:08x}"),
         }
@@ -228,6 +231,8 @@ impl Dispatcher {
                         }
                     }
                     self.sync_retransmit_timer();
+                    // On disk shortly (coalesced), so a kill -9 keeps it.
+                    self.persist(now);
                 }
             }
             Err(e) => log::error!("cannot encode {event:?}: {e}"),
@@ -241,6 +246,9 @@ impl Dispatcher {
             log::debug!("retransmitting event {eid} (0x{code:08x})");
             self.metrics.events_retransmitted += 1;
             self.send_envelope(code, json);
+        }
+        if !due.given_up.is_empty() {
+            self.persist(now);
         }
         for eid in due.given_up {
             self.metrics.events_unacked += 1;
