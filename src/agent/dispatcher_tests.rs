@@ -60,7 +60,11 @@ fn rig_in(dir: std::path::PathBuf, persisted: Persisted) -> Rig {
     let (_tx, rx) = bounded(1);
     let (_ctl_tx, ctl_rx) = bounded(1);
     let d = Dispatcher::new(state, rx, ctl_rx, Args::default());
-    Rig { d, gs, events, queries, wakes, t0, dir }
+    let r = Rig { d, gs, events, queries, wakes, t0, dir };
+    // At start every known guestServer is greeted: it learns this agent's
+    // address (a failover may have moved it) and that we acknowledge.
+    assert_eq!(r.gs_cmd(), (cmd::EVENT_ACK, r#"{"source":"127.0.0.1","event_id":0}"#.to_string()));
+    r
 }
 
 impl Rig {

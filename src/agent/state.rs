@@ -129,6 +129,7 @@ impl State {
             cfg,
         };
         s.apply_static_hosts();
+        s.greet_hosts();
         s.arm(now + s.cfg.audit_start, TimerKey::Audit);
         s.send_ready_to_mtc();
         s.arm(now + s.cfg.mtc_ready_interval, TimerKey::MtcReady);
@@ -149,6 +150,22 @@ impl State {
             match res {
                 Ok(()) => self.state_dirty = true,
                 Err(e) => log::warn!("static host {}: {e}", h.hostname),
+            }
+        }
+    }
+
+    /// At start-up, the id-0 `EVENT_ACK` greeting to every known
+    /// guestServer. It tells each where this agent now is: after a failover
+    /// to the other controller's address a guestServer would otherwise keep
+    /// sending to the dead one's (it sends to wherever the agent last wrote
+    /// from, decisions §10) until an audit or command reached it. It also
+    /// tells ours that we acknowledge, so events it restored from its state
+    /// file are resent at once. A C++ guestServer logs one unsupported
+    /// command per host and start, as it does for the greeting after READY.
+    fn greet_hosts(&mut self) {
+        for name in self.inv.hostnames() {
+            if let Some(out) = self.inv.command(&name, super::inventory::ServerCmd::Ack { event_id: 0 }) {
+                self.send(out);
             }
         }
     }

@@ -75,7 +75,12 @@ impl Dispatcher {
         };
         self.metrics.udp_commands += 1;
         let first_contact = self.agent.peer.is_none();
-        self.agent.peer = Some(SocketAddr::new(ip, self.settings.agent_port));
+        let peer = SocketAddr::new(ip, self.settings.agent_port);
+        if let Some(old) = self.agent.peer.filter(|old| *old != peer) {
+            // A controller failover: events now go to the new agent.
+            log::info!("guestAgent moved from {} to {ip}", old.ip());
+        }
+        self.agent.peer = Some(peer);
         if first_contact {
             log::info!("guestAgent is at {ip}");
             // READY is no longer retried once the agent has talked to us.

@@ -21,6 +21,7 @@ mod rel_agent_faults;
 mod rel_faults;
 mod rel_hostile;
 mod rel_http;
+mod rel_persist;
 mod rel_support;
 mod server_process;
 mod server_protocol;
