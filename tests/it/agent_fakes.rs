@@ -74,10 +74,11 @@ impl FakeUdp {
                 payload: String::from_utf8_lossy(&b[100..end]).to_string(),
                 from,
             };
-            if m.cmd == guest_heartbeat::wire::envelope::cmd::EVENT_ACK && m.payload.ends_with(r#""event_id":0}"#) {
-                if !self.ready_sent.replace(false) {
-                    continue; // the agent's start-up greeting
-                }
+            let greeting =
+                m.cmd == guest_heartbeat::wire::envelope::cmd::EVENT_ACK && m.payload.ends_with(r#""event_id":0}"#);
+            // Unless it answers a READY we sent, it is the start-up greeting.
+            if greeting && !self.ready_sent.replace(false) {
+                continue;
             }
             return Some(m);
         }
