@@ -5,9 +5,12 @@
 //! (hostname, event id). Pure; owned by `State` on the dispatcher.
 //!
 //! Bounded: the last `PER_HOST` ids of each host. A server retries for about
-//! a minute, far fewer events than that in any sane deployment. Not
-//! persisted: after an agent restart a retransmitted event may be delivered
-//! once more (at-least-once, as the VIM outbox already is).
+//! two minutes, far fewer events than that in any sane deployment.
+//! Persisted in `outbox.json` together with the outbox (one atomic write,
+//! `persist.rs`), so an event is never marked seen on disk without being
+//! queued there too, and a restarted agent (kill -9, or the other
+//! controller on the same state dir) still recognises a retransmission of an
+//! event the old one had already taken.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -33,6 +36,30 @@ impl Dedup {
         }
         true
     }
+
+    /// Whether `(host, id)` was seen.
+    pub fn contains(&self, host: &str, id: u64) -> bool {
+        self.hosts.get(host).is_some_and(|(_, set)| set.contains(&id))
+    }
+
+    /// Every host's ids, oldest first, for the state file.
+    pub fn snapshot(&self) -> Vec<(String, Vec<u64>)> {
+        let mut all: Vec<(String, Vec<u64>)> =
+            self.hosts.iter().map(|(h, (order, _))| (h.clone(), order.iter().copied().collect())).collect();
+        all.sort();
+        all
+    }
+
+    /// Rebuilds the set from `snapshot`'s output (bounded again on the way).
+    pub fn restore(hosts: Vec<(String, Vec<u64>)>) -> Self {
+        let mut d = Self::default();
+        for (host, ids) in hosts {
+            for id in ids {
+                d.first_time(&host, id);
+            }
+        }
+        d
+    }
 }
 
 #[cfg(test)]
@@ -50,5 +77,20 @@ mod tests {
         }
         assert!(d.first_time("a", 1), "the oldest id was forgotten");
         assert_eq!(d.hosts["a"].0.len(), PER_HOST);
+    }
+
+    #[test]
+    fn a_restored_set_still_catches_duplicates_in_the_same_order() {
+        let mut d = Dedup::default();
+        for id in [5, 3, 9] {
+            d.first_time("h", id);
+        }
+        d.first_time("g", 1);
+        let back = Dedup::restore(d.snapshot());
+        assert_eq!(back.snapshot(), vec![("g".to_string(), vec![1]), ("h".to_string(), vec![5, 3, 9])]);
+        let mut back = back;
+        assert!(back.contains("h", 3) && !back.contains("h", 4) && !back.contains("x", 3));
+        assert!(!back.first_time("h", 3) && !back.first_time("g", 1));
+        assert!(back.first_time("h", 4));
     }
 }

@@ -125,6 +125,9 @@ impl Dispatcher {
             Event::Mtc { msg: Ok(m), .. } => s.on_mtc(m, now),
             Event::Api { req, reply } => {
                 let result = s.on_api(req, now);
+                // On disk before the VIM hears "done": a kill -9 right after
+                // the reply must not forget what the VIM was told we took.
+                s.persist();
                 // The HTTP side may have given up (503); nothing to do then.
                 let _ = reply.try_send(result);
             }

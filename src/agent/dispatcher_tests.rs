@@ -34,6 +34,11 @@ fn rig(tag: &str) -> Rig {
     let dir = std::env::temp_dir().join(format!("gh-agent-disp-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    rig_in(dir, Persisted::default())
+}
+
+/// A dispatcher on `dir` restored from `persisted` (a restart).
+fn rig_in(dir: std::path::PathBuf, persisted: Persisted) -> Rig {
     let gs = UdpSocket::bind("127.0.0.1:0").unwrap();
     gs.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut cfg = settings(&Args::default(), None, None, None).unwrap();
@@ -51,11 +56,15 @@ fn rig(tag: &str) -> Rig {
     let (wake_tx, wakes) = unbounded::<Instant>();
     let io = Io { udp: UdpSocket::bind("127.0.0.1:0").unwrap(), events_tx, query_tx, waker: Box::new(wake_tx) };
     let t0 = Instant::now();
-    let state = State::new(cfg, "127.0.0.1".into(), io, Persisted::default(), t0);
+    let state = State::new(cfg, "127.0.0.1".into(), io, persisted, t0);
     let (_tx, rx) = bounded(1);
     let (_ctl_tx, ctl_rx) = bounded(1);
     let d = Dispatcher::new(state, rx, ctl_rx, Args::default());
-    Rig { d, gs, events, queries, wakes, t0, dir }
+    let r = Rig { d, gs, events, queries, wakes, t0, dir };
+    // At start every known guestServer is greeted: it learns this agent's
+    // address (a failover may have moved it) and that we acknowledge.
+    assert_eq!(r.gs_cmd(), (cmd::EVENT_ACK, r#"{"source":"127.0.0.1","event_id":0}"#.to_string()));
+    r
 }
 
 impl Rig {
@@ -171,5 +180,72 @@ fn datagrams_from_unknown_addresses_are_dropped_and_counted() {
     assert!(r.d.handle(Event::Server { from, msg: Ok(loss()), stamp: None }, r.t0).is_none());
     assert!(r.events.try_recv().is_err(), "a retransmitted LOSS reached the VIM twice");
     assert_eq!(r.d.state.counters.events_duplicate, 1);
+    let _ = std::fs::remove_dir_all(&r.dir);
+}
+
+/// A LOSS with id `id` from the rig's guestServer.
+fn loss_from_gs(r: &mut Rig, id: u64) {
+    let msg = crate::agent::link::ServerMsg::Loss(Loss {
+        hostname: "compute-0".into(),
+        uuid: "i1".into(),
+        event_id: Some(id),
+    });
+    let from = r.gs.local_addr().unwrap();
+    assert!(r.d.handle(Event::Server { from, msg: Ok(msg), stamp: None }, r.t0).is_none());
+}
+
+/// The next EVENT_ACK's id, if one comes within `within`.
+fn ack_id(r: &Rig, within: Duration) -> Option<u64> {
+    r.gs.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 2048];
+    loop {
+        let (n, _) = r.gs.recv_from(&mut buf).ok()?;
+        let env = crate::wire::envelope::Envelope::decode(&buf[..n]).unwrap();
+        if env.cmd == cmd::EVENT_ACK {
+            let v: serde_json::Value = serde_json::from_slice(&env.payload).unwrap();
+            return v["event_id"].as_u64();
+        }
+    }
+}
+
+#[test]
+fn taken_event_ids_survive_a_restart_and_acks_wait_for_the_outbox_file() {
+    let mut r = rig("seen");
+    r.d.state.inv.host_inst("compute-0", true).unwrap();
+    r.d.state.inv.mod_inst("compute-0", "i1", true).unwrap();
+    loss_from_gs(&mut r, 7);
+    assert_eq!(ack_id(&r, Duration::from_secs(5)), Some(7));
+    assert!(r.events.try_recv().is_ok());
+    // The outbox file cannot be written: the event is taken but not acknowledged.
+    let dir = r.dir.clone();
+    r.d.state.cfg.state_dir = dir.join("missing/deeper");
+    loss_from_gs(&mut r, 8);
+    assert_eq!(ack_id(&r, Duration::from_millis(200)), None, "acknowledged without being on disk");
+    assert_eq!(r.d.state.counters.acks_withheld, 1);
+    // The retransmission is a duplicate; once the file is written it is acknowledged.
+    r.d.state.cfg.state_dir = dir.clone();
+    loss_from_gs(&mut r, 8);
+    assert_eq!(ack_id(&r, Duration::from_secs(5)), Some(8));
+    // "kill -9" and restart on the same state dir: both ids are still known.
+    let persisted = crate::agent::persist::load(&dir).unwrap();
+    assert_eq!(persisted.seen, vec![("compute-0".to_string(), vec![7, 8])]);
+    drop(r);
+    let mut r = rig_in(dir, persisted);
+    let restored: Vec<VimJob> = r.events.try_iter().collect();
+    assert_eq!(restored.len(), 1, "the undelivered head of i1's queue is sent again");
+    loss_from_gs(&mut r, 7);
+    assert_eq!(ack_id(&r, Duration::from_secs(5)), Some(7));
+    assert_eq!(r.d.state.counters.events_duplicate, 1);
+    assert_eq!(r.d.state.outbox.len(), 2, "not queued a second time");
+    // Bounded: an outbox full of failure events takes no more, and does not
+    // acknowledge, so guestServer keeps the event and resends it.
+    r.d.state.outbox = crate::agent::outbox::Outbox::new(2, 4, r.d.state.outbox.backoff);
+    for _ in 0..2 {
+        r.d.state.outbox.push("i1", crate::agent::outbox::EventKind::Alarm, "/p".into(), "{}".into(), r.t0);
+    }
+    loss_from_gs(&mut r, 9);
+    assert_eq!(ack_id(&r, Duration::from_millis(200)), None);
+    assert_eq!((r.d.state.counters.events_refused, r.d.state.outbox.len()), (1, 2));
+    assert!(!r.d.state.seen_events.contains("compute-0", 9), "a refused event must be taken when resent");
     let _ = std::fs::remove_dir_all(&r.dir);
 }

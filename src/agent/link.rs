@@ -178,28 +178,21 @@ impl State {
             }
             ServerMsg::Running(info) => self.on_status(info, Some(true), now),
             ServerMsg::Stopped(info) => self.on_status(info, Some(false), now),
-            // Acknowledged only after handling: `push_event` has written the
-            // outbox by then, so an acknowledged event survives a crash.
+            // Acknowledged only after handling, once the outbox file (the
+            // queued VIM event and the seen id) is on disk: an acknowledged
+            // event survives a kill -9 (`take_event`).
             ServerMsg::IllHealth(info) => {
                 let (host, id) = (info.hostname.clone(), info.event_id);
-                if self.first_delivery(&host, id) {
-                    self.on_status(info, None, now);
-                }
-                self.ack_if_id(from, &host, id);
+                self.take_event(from, &host, id, now, |s| s.on_status(info, None, now));
             }
             ServerMsg::Loss(l) => {
-                if self.first_delivery(&l.hostname, l.event_id) {
-                    self.on_loss(&l, now);
-                }
-                self.ack_if_id(from, &l.hostname, l.event_id);
+                let (host, id) = (l.hostname.clone(), l.event_id);
+                self.take_event(from, &host, id, now, |s| s.on_loss(&l, now));
             }
             ServerMsg::QueryReply(info) => self.on_query_reply(from, info, now),
             ServerMsg::VoteNotify(v) => {
                 let (host, id) = (v.hostname.clone(), v.event_id);
-                if self.first_delivery(&host, id) {
-                    self.on_vote_notify(v, now);
-                }
-                self.ack_if_id(from, &host, id);
+                self.take_event(from, &host, id, now, |s| s.on_vote_notify(v, now));
             }
             ServerMsg::Unsupported(c) => {
                 self.warn_limited(now, format!("unsupported guestServer command {c:#010x} from {from}"))
@@ -220,24 +213,45 @@ impl State {
         self.inv.hosts().any(|h| h.dest.ip.parse::<std::net::IpAddr>().ok().map(canonical) == Some(ip))
     }
 
-    /// Whether an event is the first copy (de-duplicated by host and id).
-    /// Events without an id (C++ guestServer) are always first.
-    fn first_delivery(&mut self, hostname: &str, event_id: Option<u64>) -> bool {
+    /// A failure or vote event. One from a C++ guestServer (no id) is just
+    /// handled. One with an id is handled on its first copy only (`dedup.rs`)
+    /// and acknowledged once the outbox file holds it and its id; if that
+    /// write failed the ack is withheld, and guestServer's retransmission
+    /// gets it once a write succeeds. Bounded: while the outbox is full of
+    /// events it may not drop (failures and votes), a new event is neither
+    /// taken nor acknowledged; guestServer keeps it and retries.
+    fn take_event(
+        &mut self,
+        from: SocketAddr,
+        hostname: &str,
+        event_id: Option<u64>,
+        now: Instant,
+        handle: impl FnOnce(&mut Self),
+    ) {
         let Some(id) = event_id else {
-            return true;
+            handle(self);
+            return;
         };
-        let first = self.seen_events.first_time(hostname, id);
-        if !first {
+        if self.seen_events.contains(hostname, id) {
             self.counters.events_duplicate += 1;
             log::debug!("duplicate event {id} from {hostname}: acknowledged again, not forwarded");
+        } else if !self.outbox.has_room_for_undroppable() {
+            self.counters.events_refused += 1;
+            self.warn_limited(
+                now,
+                format!("VIM outbox full: event {id} from {hostname} not taken (it will be resent)"),
+            );
+            return;
+        } else {
+            self.seen_events.first_time(hostname, id);
+            self.outbox_dirty = true;
+            handle(self);
         }
-        first
-    }
-
-    /// Acknowledges an event that carried an id (only our guestServer sends
-    /// one); C++ guestServers' events are never acknowledged.
-    fn ack_if_id(&mut self, from: SocketAddr, hostname: &str, event_id: Option<u64>) {
-        if let Some(id) = event_id {
+        self.persist();
+        if self.outbox_dirty {
+            self.counters.acks_withheld += 1;
+            self.warn_limited(now, format!("event {id} from {hostname} not acknowledged: outbox file not written"));
+        } else {
             self.ack_event(from, hostname, id);
         }
     }

@@ -121,6 +121,22 @@ pub fn render(s: &State) -> String {
     metric(&mut out, "guestagent_events_acked_total", "counter", "guestServer events acknowledged.", &acked);
     let dup = one(c.events_duplicate);
     metric(&mut out, "guestagent_events_duplicate_total", "counter", "Retransmitted events not forwarded.", &dup);
+    let refused = one(c.events_refused);
+    metric(
+        &mut out,
+        "guestagent_events_refused_total",
+        "counter",
+        "guestServer events not taken: VIM outbox full of failure and vote events.",
+        &refused,
+    );
+    let withheld = one(c.acks_withheld);
+    metric(
+        &mut out,
+        "guestagent_acks_withheld_total",
+        "counter",
+        "Acknowledgements withheld: the outbox file could not be written.",
+        &withheld,
+    );
     let rej = one(c.rejected_source);
     metric(
         &mut out,

@@ -242,6 +242,12 @@ impl Outbox {
         self.ready.first().map(|(at, _, _)| *at)
     }
 
+    /// Whether an alarm or action event can be queued without going past
+    /// `max`: there is room, or a service event that `push` may drop.
+    pub fn has_room_for_undroppable(&self) -> bool {
+        self.len < self.max || self.services.keys().any(|id| !self.in_flight.contains_key(id))
+    }
+
     /// Queued events including those in flight.
     pub fn len(&self) -> usize {
         self.len

@@ -1,8 +1,9 @@
 //! The state directory: `agent-state.json` (hosts with their reporting gates,
-//! instances with theirs) and `outbox.json` (VIM events not yet delivered).
-//! Both are JSON through serde types and written atomically (temp file,
-//! fsync, rename). Loaded by `main` at start-up, written by the dispatcher
-//! after any event that changed them.
+//! instances with theirs) and `outbox.json` (VIM events not yet delivered,
+//! and the guestServer event ids already taken, `dedup.rs`: one file, so
+//! one atomic write covers both). Both are JSON through serde types and
+//! written atomically (temp file, fsync, rename). Loaded by `main` at
+//! start-up, written by the dispatcher after any event that changed them.
 
 use std::fs;
 use std::io;
@@ -13,6 +14,7 @@ use thiserror::Error;
 
 use crate::daemon::write_atomic;
 
+use super::dedup::Dedup;
 use super::inventory::{Host, Instance, Inventory};
 use super::outbox::{OutEvent, Outbox};
 
@@ -26,10 +28,20 @@ pub struct StateFile {
     pub instances: Vec<Instance>,
 }
 
+/// Acknowledged guestServer event ids of one host, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenIds {
+    pub hostname: String,
+    pub ids: Vec<u64>,
+}
+
 /// Format of `outbox.json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxFile {
     pub events: Vec<OutEvent>,
+    /// Absent in files written before the ids were persisted.
+    #[serde(default)]
+    pub seen: Vec<SeenIds>,
 }
 
 /// What a previous run left behind.
@@ -38,6 +50,7 @@ pub struct Persisted {
     pub hosts: Vec<Host>,
     pub instances: Vec<Instance>,
     pub outbox: Vec<OutEvent>,
+    pub seen: Vec<(String, Vec<u64>)>,
 }
 
 #[derive(Debug, Error)]
@@ -60,8 +73,9 @@ pub fn save_state(dir: &Path, inv: &Inventory) -> Result<(), PersistError> {
     save(dir.join(STATE_FILE), &file)
 }
 
-pub fn save_outbox(dir: &Path, outbox: &Outbox) -> Result<(), PersistError> {
-    save(dir.join(OUTBOX_FILE), &OutboxFile { events: outbox.snapshot() })
+pub fn save_outbox(dir: &Path, outbox: &Outbox, seen: &Dedup) -> Result<(), PersistError> {
+    let seen = seen.snapshot().into_iter().map(|(hostname, ids)| SeenIds { hostname, ids }).collect();
+    save(dir.join(OUTBOX_FILE), &OutboxFile { events: outbox.snapshot(), seen })
 }
 
 /// Reads one file; a missing file is the default, an unreadable or corrupt
@@ -91,7 +105,12 @@ pub fn load(dir: &Path) -> Result<Persisted, PersistError> {
     fs::create_dir_all(dir).map_err(|e| PersistError::Dir(dir.to_path_buf(), e))?;
     let state: StateFile = load_one(&dir.join(STATE_FILE));
     let outbox: OutboxFile = load_one(&dir.join(OUTBOX_FILE));
-    Ok(Persisted { hosts: state.hosts, instances: state.instances, outbox: outbox.events })
+    Ok(Persisted {
+        hosts: state.hosts,
+        instances: state.instances,
+        outbox: outbox.events,
+        seen: outbox.seen.into_iter().map(|s| (s.hostname, s.ids)).collect(),
+    })
 }
 
 #[cfg(test)]
@@ -114,11 +133,18 @@ mod tests {
         let backoff = Backoff { min: Duration::from_secs(1), max: Duration::from_secs(2) };
         let mut ob = Outbox::new(10, 1, backoff);
         ob.push("i1", EventKind::Alarm, "/p".into(), "{}".into(), Instant::now());
-        save_outbox(&dir, &ob).unwrap();
+        let mut seen = Dedup::default();
+        seen.first_time("h0", 42);
+        save_outbox(&dir, &ob, &seen).unwrap();
         let back = load(&dir).unwrap();
         assert!(back.hosts[0].reporting);
         assert_eq!(back.instances[0].uuid, "i1");
         assert_eq!(back.outbox, ob.snapshot());
+        assert_eq!(back.seen, vec![("h0".to_string(), vec![42])]);
+        // An outbox file from before the ids were persisted still loads.
+        fs::write(dir.join(OUTBOX_FILE), br#"{"events":[]}"#).unwrap();
+        assert_eq!(load(&dir).unwrap().seen, vec![]);
+        save_outbox(&dir, &ob, &seen).unwrap();
         fs::write(dir.join(STATE_FILE), b"{not json").unwrap();
         let back = load(&dir).unwrap();
         assert!(back.hosts.is_empty());

@@ -69,6 +69,10 @@ pub struct Counters {
     pub audits: u64,
     pub events_acked: u64,
     pub events_duplicate: u64,
+    /// Events with an id not taken: the outbox was full of undroppable events.
+    pub events_refused: u64,
+    /// Acks not sent because the outbox file could not be written.
+    pub acks_withheld: u64,
     pub rejected_source: u64,
     /// Datagrams dropped because their HMAC tag was missing or wrong.
     pub auth_failed: u64,
@@ -123,13 +127,14 @@ impl State {
             state_dirty: false,
             outbox_dirty: false,
             counters: Counters::default(),
-            seen_events: super::dedup::Dedup::default(),
+            seen_events: super::dedup::Dedup::restore(persisted.seen),
             replay: crate::wire::auth::ReplayGuard::default(),
             limiter: LogLimiter::new(20, Duration::from_secs(10)),
             stop: false,
             cfg,
         };
         s.apply_static_hosts();
+        s.greet_hosts();
         s.arm(now + s.cfg.audit_start, TimerKey::Audit);
         s.send_ready_to_mtc();
         s.arm(now + s.cfg.mtc_ready_interval, TimerKey::MtcReady);
@@ -150,6 +155,22 @@ impl State {
             match res {
                 Ok(()) => self.state_dirty = true,
                 Err(e) => log::warn!("static host {}: {e}", h.hostname),
+            }
+        }
+    }
+
+    /// At start-up, the id-0 `EVENT_ACK` greeting to every known
+    /// guestServer. It tells each where this agent now is: after a failover
+    /// to the other controller's address a guestServer would otherwise keep
+    /// sending to the dead one's (it sends to wherever the agent last wrote
+    /// from, decisions §10) until an audit or command reached it. It also
+    /// tells ours that we acknowledge, so events it restored from its state
+    /// file are resent at once. A C++ guestServer logs one unsupported
+    /// command per host and start, as it does for the greeting after READY.
+    fn greet_hosts(&mut self) {
+        for name in self.inv.hostnames() {
+            if let Some(out) = self.inv.command(&name, super::inventory::ServerCmd::Ack { event_id: 0 }) {
+                self.send(out);
             }
         }
     }
@@ -275,7 +296,7 @@ impl State {
             }
         }
         if self.outbox_dirty {
-            match persist::save_outbox(&self.cfg.state_dir, &self.outbox) {
+            match persist::save_outbox(&self.cfg.state_dir, &self.outbox, &self.seen_events) {
                 Ok(()) => self.outbox_dirty = false,
                 Err(e) => log::error!("cannot write outbox file: {e}"),
             }

@@ -96,7 +96,12 @@ impl Dispatcher {
         };
         self.metrics.udp_commands += 1;
         let first_contact = self.agent.peer.is_none();
-        self.agent.peer = Some(SocketAddr::new(ip, self.settings.agent_port));
+        let peer = SocketAddr::new(ip, self.settings.agent_port);
+        if let Some(old) = self.agent.peer.filter(|old| *old != peer) {
+            // A controller failover: events now go to the new agent.
+            log::info!("guestAgent moved from {} to {ip}", old.ip());
+        }
+        self.agent.peer = Some(peer);
         if first_contact {
             log::info!("guestAgent is at {ip}");
             // READY is no longer retried once the agent has talked to us.
@@ -177,10 +182,13 @@ impl Dispatcher {
                 };
                 if self.agent.acks.ack(a.event_id) {
                     self.metrics.events_acked += 1;
-                    self.sync_retransmit_timer();
+                    self.persist(now);
                 } else if a.event_id == 0 {
                     log::debug!("guestAgent acknowledges events");
                 }
+                // The first acknowledgement (often the greeting) starts the
+                // retries of whatever was sent before it or restored.
+                self.sync_retransmit_timer();
             }
             other => log::error!("unsupported command 0x{other:08x}"),
         }
@@ -249,6 +257,8 @@ impl Dispatcher {
                         }
                     }
                     self.sync_retransmit_timer();
+                    // On disk shortly (coalesced), so a kill -9 keeps it.
+                    self.persist(now);
                 }
             }
             Err(e) => log::error!("cannot encode {event:?}: {e}"),
@@ -262,6 +272,9 @@ impl Dispatcher {
             log::debug!("retransmitting event {eid} (0x{code:08x})");
             self.metrics.events_retransmitted += 1;
             self.send_envelope(code, json);
+        }
+        if !due.given_up.is_empty() {
+            self.persist(now);
         }
         for eid in due.given_up {
             self.metrics.events_unacked += 1;

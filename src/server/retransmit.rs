@@ -13,10 +13,18 @@
 //! `MAX_ATTEMPTS` sends (a peer that stopped acknowledging — say a C++
 //! agent took over — then gets a bounded number of duplicates).
 //!
+//! Survives a restart: the queue is part of the state file (`statefile.rs`,
+//! written when an event is added, acknowledged or given up on, not when it
+//! is merely resent). Restored events are due at once and each gets at least
+//! one more send; their ids are kept, so an agent that already has one
+//! acknowledges it without acting on it again.
+//!
 //! Pure and owned by the dispatcher (inside `AgentLink`); time is an input.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+use super::statefile::SavedEvent;
 
 pub const FIRST_RETRY: Duration = Duration::from_secs(1);
 pub const MAX_RETRY: Duration = Duration::from_secs(4);
@@ -111,6 +119,42 @@ impl Retransmit {
         self.pending.values().map(|p| p.next_at).min()
     }
 
+    /// The queue for the state file, oldest first.
+    pub fn snapshot(&self) -> Vec<SavedEvent> {
+        self.pending
+            .iter()
+            .map(|(&event_id, p)| SavedEvent {
+                event_id,
+                code: p.code,
+                payload: String::from_utf8_lossy(&p.json).into_owned(),
+                attempts: p.attempts,
+            })
+            .collect()
+    }
+
+    /// The id the next event will get (saved, so that ids never repeat
+    /// across a restart even if the wall clock went back).
+    pub fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
+    /// Puts events from the state file back, all due at `now` (they go out
+    /// once an agent acknowledges something, as any other). New ids
+    /// continue at `next_id` or above every restored one, whichever is
+    /// higher. The newest `CAPACITY` are kept.
+    pub fn restore(&mut self, events: Vec<SavedEvent>, next_id: u64, now: Instant) {
+        self.next_id = self.next_id.max(next_id);
+        for e in events {
+            self.next_id = self.next_id.max(e.event_id.saturating_add(1));
+            let attempts = e.attempts.min(MAX_ATTEMPTS - 1);
+            self.pending
+                .insert(e.event_id, Pending { code: e.code, json: e.payload.into_bytes(), attempts, next_at: now });
+        }
+        while self.pending.len() > CAPACITY {
+            self.pending.pop_first();
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.pending.len()
     }
@@ -162,6 +206,47 @@ mod tests {
         want.resize(MAX_ATTEMPTS as usize, 4);
         assert_eq!(gaps, want);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_restored_queue_resends_with_the_same_ids_and_new_ids_continue_above() {
+        let t0 = Instant::now();
+        let mut r = Retransmit::new(1);
+        let a = r.allocate();
+        r.track(a, 7, b"{\"x\":1}".to_vec(), t0);
+        r.ack(0);
+        let b = r.allocate();
+        r.track(b, 8, b"{}".to_vec(), t0);
+        assert!(r.ack(b));
+        // The first event was resent until its last attempt.
+        let mut at = t0;
+        while let Some(next) = r.next_deadline() {
+            if r.snapshot()[0].attempts == MAX_ATTEMPTS {
+                break;
+            }
+            at = next;
+            r.due(at);
+        }
+        let (saved, next) = (r.snapshot(), r.next_id());
+        assert_eq!(saved.len(), 1);
+        assert_eq!((saved[0].event_id, saved[0].code, saved[0].payload.as_str()), (a, 7, "{\"x\":1}"));
+        // "Restart": a fresh queue whose clock-derived first id is lower.
+        let t1 = at + Duration::from_secs(100);
+        let mut back = Retransmit::new(1);
+        back.restore(saved, next, t1);
+        assert_eq!(back.next_deadline(), None, "nothing goes out before an agent acknowledges");
+        assert_eq!(back.allocate(), b + 1, "ids never repeat, not even the acknowledged one's");
+        back.ack(0);
+        assert_eq!(back.due(t1).resend, vec![(a, 7, b"{\"x\":1}".to_vec())], "one more send at least");
+        assert_eq!(back.due(t1 + MAX_RETRY).given_up, vec![a]);
+        // The bound holds for a restored queue too.
+        let many = (1..=CAPACITY as u64 + 5)
+            .map(|i| SavedEvent { event_id: i, code: 1, payload: String::new(), attempts: 0 })
+            .collect();
+        let mut big = Retransmit::new(1);
+        big.restore(many, 0, t1);
+        assert_eq!((big.len(), big.snapshot()[0].event_id), (CAPACITY, 6), "the newest are kept");
+        assert_eq!(big.allocate(), CAPACITY as u64 + 6);
     }
 
     #[test]

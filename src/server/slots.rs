@@ -332,6 +332,10 @@ impl Dispatcher {
             }
             self.apply(id, out, now);
         }
+        if !saved.pending_events.is_empty() {
+            log::info!("{} unacknowledged events restored for retransmission", saved.pending_events.len());
+        }
+        self.agent.acks.restore(saved.pending_events, saved.next_event_id, now);
         log::info!("restored {} instances, host reporting {}", self.slots.len(), self.host_reporting);
     }
 
@@ -370,6 +374,12 @@ impl Dispatcher {
             })
             .collect();
         instances.sort_by(|a, b| a.uuid.cmp(&b.uuid));
-        Saved { format: FORMAT, host_reporting: self.host_reporting, instances }
+        Saved {
+            format: FORMAT,
+            host_reporting: self.host_reporting,
+            instances,
+            pending_events: self.agent.acks.snapshot(),
+            next_event_id: self.agent.acks.next_id(),
+        }
     }
 }

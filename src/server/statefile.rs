@@ -1,6 +1,8 @@
 //! The restart state of guestServer (issue "restart without loss"): known
-//! instances with their reporting gates and what their guests announced, and
-//! the host gate. JSON, written atomically (temp file, fsync, rename).
+//! instances with their reporting gates and what their guests announced, the
+//! host gate, and the failure and vote events guestAgent has not yet
+//! acknowledged (issue 6: they are retransmitted after a restart). JSON,
+//! written atomically (temp file, fsync, rename).
 //!
 //! The dispatcher builds a snapshot and hands the bytes to the "state-saver"
 //! thread, so a slow disk never blocks the dispatcher; the file is read once
@@ -30,12 +32,30 @@ pub struct SavedInstance {
     pub params: GuestParams,
 }
 
+/// One unacknowledged LOSS, ILLHEALTH or VOTE_NOTIFY (`retransmit.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedEvent {
+    pub event_id: u64,
+    /// The envelope's command code.
+    pub code: u32,
+    /// The payload exactly as first sent (JSON text).
+    pub payload: String,
+    /// Sends so far.
+    pub attempts: u32,
+}
+
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Saved {
     pub format: u32,
     pub host_reporting: bool,
     pub instances: Vec<SavedInstance>,
+    /// Absent (empty) in files written before events were persisted.
+    #[serde(default)]
+    pub pending_events: Vec<SavedEvent>,
+    /// The next event id to allocate (absent: 0, the clock decides).
+    #[serde(default)]
+    pub next_event_id: u64,
 }
 
 /// Path of the state file in `dir`.
@@ -125,11 +145,21 @@ mod tests {
                 heartbeating: true,
                 params: GuestParams::default(),
             }],
+            pending_events: vec![SavedEvent {
+                event_id: 7,
+                code: 0xFEAD,
+                payload: r#"{"uuid":"u","event_id":7}"#.into(),
+                attempts: 3,
+            }],
+            next_event_id: 8,
         };
         saver.save(b"junk".to_vec());
         saver.save(serde_json::to_vec(&saved).unwrap());
         drop(saver); // joins after writing everything queued
-        assert_eq!(load(&dir), Ok(Some(saved)));
+        assert_eq!(load(&dir), Ok(Some(saved.clone())));
+        // A file from before pending events were persisted still loads.
+        std::fs::write(path(&dir), br#"{"format":1,"host_reporting":true,"instances":[]}"#).unwrap();
+        assert_eq!(load(&dir).unwrap().map(|s| s.pending_events.len()), Some(0));
         std::fs::write(path(&dir), b"{not json").unwrap();
         assert!(load(&dir).unwrap_err().contains("unreadable state file"));
         let _ = std::fs::remove_dir_all(&dir);

@@ -14,8 +14,13 @@ use std::time::{Duration, Instant};
 use crate::agent_support::{cmd, WAIT};
 
 /// A fake guestServer or mtcAgent: one UDP socket.
+///
+/// The agent greets every known guestServer at start (an `EVENT_ACK` with id
+/// 0); receiving skips those, but returns the greeting that answers a READY
+/// this fake sent.
 pub struct FakeUdp {
     pub sock: UdpSocket,
+    ready_sent: std::cell::Cell<bool>,
 }
 
 /// A received envelope.
@@ -31,7 +36,7 @@ pub struct Msg {
 impl FakeUdp {
     pub fn new() -> Self {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        Self { sock }
+        Self { sock, ready_sent: std::cell::Cell::new(false) }
     }
 
     pub fn port(&self) -> u16 {
@@ -54,18 +59,29 @@ impl FakeUdp {
     }
 
     pub fn try_recv(&self, within: Duration) -> Option<Msg> {
-        self.sock.set_read_timeout(Some(within)).unwrap();
-        let mut buf = [0u8; 2048];
-        let (n, from) = self.sock.recv_from(&mut buf).ok()?;
-        let b = &buf[..n];
-        let end = b[100..].iter().position(|c| *c == 0).map_or(n, |p| 100 + p);
-        Some(Msg {
-            len: n,
-            hdr: b[..64].to_vec(),
-            cmd: u32::from_le_bytes(b[72..76].try_into().unwrap()),
-            payload: String::from_utf8_lossy(&b[100..end]).to_string(),
-            from,
-        })
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+            self.sock.set_read_timeout(Some(left)).unwrap();
+            let mut buf = [0u8; 2048];
+            let (n, from) = self.sock.recv_from(&mut buf).ok()?;
+            let b = &buf[..n];
+            let end = b[100..].iter().position(|c| *c == 0).map_or(n, |p| 100 + p);
+            let m = Msg {
+                len: n,
+                hdr: b[..64].to_vec(),
+                cmd: u32::from_le_bytes(b[72..76].try_into().unwrap()),
+                payload: String::from_utf8_lossy(&b[100..end]).to_string(),
+                from,
+            };
+            let greeting =
+                m.cmd == guest_heartbeat::wire::envelope::cmd::EVENT_ACK && m.payload.ends_with(r#""event_id":0}"#);
+            // Unless it answers a READY we sent, it is the start-up greeting.
+            if greeting && !self.ready_sent.replace(false) {
+                continue;
+            }
+            return Some(m);
+        }
     }
 
     /// Receives until a message with `cmd` arrives (skipping audit queries).
@@ -88,6 +104,9 @@ impl FakeUdp {
         b[..sig.len()].copy_from_slice(sig);
         b[72..76].copy_from_slice(&cmd.to_le_bytes());
         b[100..100 + payload.len()].copy_from_slice(payload.as_bytes());
+        if cmd == self::cmd::READY {
+            self.ready_sent.set(true);
+        }
         self.sock.send_to(&b, to).unwrap();
     }
 }

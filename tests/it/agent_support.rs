@@ -70,6 +70,10 @@ pub struct AgentCfg {
     pub mtc_listen: u16,
     pub extra: Vec<String>,
     pub ini: String,
+    /// The controller address the agent listens on for guestServers and
+    /// mtcAgent and sends from (another loopback address plays the other
+    /// controller in a failover).
+    pub ip: String,
     /// Holds the VIM port until a `FakeVim` takes it, so that no outgoing
     /// connection grabs it as its ephemeral port meanwhile.
     pub vim_listener: Option<TcpListener>,
@@ -86,6 +90,7 @@ impl AgentCfg {
             mtc_listen: free_port(),
             extra: Vec::new(),
             ini: String::new(),
+            ip: "127.0.0.1".into(),
             vim_listener: Some(vim_listener),
         }
     }
@@ -148,11 +153,11 @@ pub fn start(cfg: &AgentCfg) -> Agent {
         .arg("--http")
         .arg(format!("127.0.0.1:{}", cfg.http))
         .arg("--listen")
-        .arg(format!("127.0.0.1:{}", cfg.listen))
+        .arg(format!("{}:{}", cfg.ip, cfg.listen))
         .arg("--vim-url")
         .arg(format!("http://127.0.0.1:{}", cfg.vim))
         .arg("--mtc-listen")
-        .arg(format!("127.0.0.1:{}", cfg.mtc_listen))
+        .arg(format!("{}:{}", cfg.ip, cfg.mtc_listen))
         .arg("--log-level")
         .arg("debug")
         .args(&cfg.extra)
@@ -162,8 +167,8 @@ pub fn start(cfg: &AgentCfg) -> Agent {
     let mut agent = Agent {
         child: Some(child),
         http: cfg.http,
-        listen: format!("127.0.0.1:{}", cfg.listen).parse().unwrap(),
-        mtc_listen: format!("127.0.0.1:{}", cfg.mtc_listen).parse().unwrap(),
+        listen: format!("{}:{}", cfg.ip, cfg.listen).parse().unwrap(),
+        mtc_listen: format!("{}:{}", cfg.ip, cfg.mtc_listen).parse().unwrap(),
         dir: cfg.dir.clone(),
         log,
     };

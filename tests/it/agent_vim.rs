@@ -1,7 +1,8 @@
 //! The VIM event side and the process features of the real guestAgent
 //! binary: delivery rules (close-without-reply, 5xx, 4xx), VIM outages with
 //! every failure and vote event delivered in order afterwards (a short one
-//! with fast back-off, and the real 30 s one), persistence across restarts,
+//! with fast back-off, and the real 30 s one, which `tests/soak.sh` runs
+//! again at the issue's 60 s), persistence across restarts,
 //! the audit's instance list, signals, and configuration errors.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -85,7 +86,9 @@ fn outage(tag: &str, outage: Duration, retry_max_ms: u64) {
     wait_metric(&a, "guestagent_vim_events_retried_total", 2, WAIT);
     // The outage itself is the scenario, not a settling delay.
     std::thread::sleep(outage.saturating_sub(down.elapsed()));
+    let retried = metric(&a, "guestagent_vim_events_retried_total");
     let vim = FakeVim::start_on(cfg.vim);
+    let back = Instant::now();
     let mut got: Vec<serde_json::Value> = Vec::new();
     while got.len() < sent.len() {
         let r = vim.next_event();
@@ -112,8 +115,15 @@ fn outage(tag: &str, outage: Duration, retry_max_ms: u64) {
         ]
     );
     assert_eq!(per(INST_B), vec![format!("{INST_B} stop allow"), format!("{INST_B} failed")]);
+    let all_in = back.elapsed();
     wait_metric(&a, "guestagent_vim_events_sent_total", 6, WAIT);
     assert_eq!(metric(&a, "guestagent_vim_events_pending"), 0);
+    eprintln!(
+        "VIM outage {tag}: down {:?}, {} events queued, {retried} failed attempts during it, \
+         all delivered in order {all_in:?} after the VIM came back",
+        back.duration_since(down),
+        sent.len()
+    );
     // Delivered by a close without reply: never sent twice.
     assert!(vim.rx.recv_timeout(Duration::from_millis(300)).map_or(true, |r| r.method == "GET"));
 }
@@ -123,9 +133,15 @@ fn vim_down_briefly_then_back_receives_everything_in_order() {
     outage("outage-short", Duration::from_secs(3), 500);
 }
 
+/// 30 s in CI. The issue's own figure is 60 s (issue 6, "Faults"):
+/// `tests/soak.sh` runs this same test with `GH_VIM_OUTAGE_SECS=60`.
 #[test]
 fn vim_down_for_30_s_then_back_receives_everything_in_order() {
-    outage("outage-30s", Duration::from_secs(30), 2000);
+    let secs = match std::env::var("GH_VIM_OUTAGE_SECS") {
+        Ok(v) => v.parse().unwrap_or_else(|_| panic!("GH_VIM_OUTAGE_SECS={v:?} is not a number of seconds")),
+        Err(_) => 30,
+    };
+    outage(&format!("outage-{secs}s"), Duration::from_secs(secs), 2000);
 }
 
 #[test]

@@ -22,6 +22,7 @@ mod rel_faults;
 mod rel_hmac;
 mod rel_hostile;
 mod rel_http;
+mod rel_persist;
 mod rel_support;
 mod server_process;
 mod server_protocol;
