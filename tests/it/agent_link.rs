@@ -25,16 +25,11 @@ fn setup(tag: &str, gs: &FakeUdp, cfg: AgentCfg) -> (Agent, FakeVim) {
     let vim = cfg.vim();
     let a = start(&cfg);
     let _ = tag;
-    let hb = format!(r#"{{"uuid":"{HOST_UUID}","hostname":"compute-0"}}"#);
-    assert_eq!(a.vim("PUT", &format!("/v1/hosts/{HOST_UUID}/enable"), Some(&hb)).0, 200);
+    assert_eq!(a.vim("PUT", &format!("/v1/hosts/{HOST_UUID}/enable"), Some(&host_body())).0, 200);
     assert_eq!(gs.recv().cmd, cmd::MOD_HOST);
-    let create = format!(r#"{{"uuid":"{INST_A}","hostname":"compute-0","services":["heartbeat"]}}"#);
-    assert_eq!(a.vim("POST", &format!("/v1/instances/{INST_A}"), Some(&create)).0, 200);
+    assert_eq!(a.vim("POST", &format!("/v1/instances/{INST_A}"), Some(&create_body(INST_A))).0, 200);
     assert_eq!(gs.recv().cmd, cmd::ADD_INST);
-    let set = format!(
-        r#"{{"uuid":"{INST_A}","hostname":"compute-0","services":[{{"service":"heartbeat","state":"enabled"}}]}}"#
-    );
-    assert_eq!(a.vim("PATCH", &format!("/v1/instances/{INST_A}"), Some(&set)).0, 200);
+    assert_eq!(a.vim("PATCH", &format!("/v1/instances/{INST_A}"), Some(&service_body(INST_A, "enabled"))).0, 200);
     assert_eq!(gs.recv().cmd, cmd::MOD_INST);
     (a, vim)
 }

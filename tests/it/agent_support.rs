@@ -226,6 +226,30 @@ impl Agent {
             &[("User-Agent", "vim/1.0"), ("X-Auth-Token", "gAAAAABtoken"), ("Accept", "application/json")],
         )
     }
+
+    /// What the VIM does to turn heartbeat reporting on for `uuid` on
+    /// compute-0: host enabled, instance created, heartbeat service enabled;
+    /// each call must answer 200.
+    pub fn vim_enable(&self, uuid: &str) {
+        assert_eq!(self.vim("PUT", &format!("/v1/hosts/{HOST_UUID}/enable"), Some(&host_body())).0, 200);
+        assert_eq!(self.vim("POST", &format!("/v1/instances/{uuid}"), Some(&create_body(uuid))).0, 200);
+        assert_eq!(self.vim("PATCH", &format!("/v1/instances/{uuid}"), Some(&service_body(uuid, "enabled"))).0, 200);
+    }
+}
+
+/// The VIM's body for compute-0's host calls.
+pub fn host_body() -> String {
+    format!(r#"{{"uuid":"{HOST_UUID}","hostname":"compute-0"}}"#)
+}
+
+/// The VIM's body creating `uuid` on compute-0.
+pub fn create_body(uuid: &str) -> String {
+    format!(r#"{{"uuid":"{uuid}","hostname":"compute-0","services":["heartbeat"]}}"#)
+}
+
+/// The VIM's body setting `uuid`'s heartbeat service to `state`.
+pub fn service_body(uuid: &str, state: &str) -> String {
+    format!(r#"{{"uuid":"{uuid}","hostname":"compute-0","services":[{{"service":"heartbeat","state":"{state}"}}]}}"#)
 }
 
 impl Drop for Agent {

@@ -31,13 +31,9 @@ fn running(uuid: &str, hb: &str) -> String {
 
 /// Host reporting on and both instances enabled.
 fn provision(a: &Agent, gs: &FakeUdp) {
-    let hb = format!(r#"{{"uuid":"{HOST_UUID}","hostname":"compute-0"}}"#);
-    assert_eq!(a.vim("PUT", &format!("/v1/hosts/{HOST_UUID}/enable"), Some(&hb)).0, 200);
+    assert_eq!(a.vim("PUT", &format!("/v1/hosts/{HOST_UUID}/enable"), Some(&host_body())).0, 200);
     for u in [INST_A, INST_B] {
-        let set = format!(
-            r#"{{"uuid":"{u}","hostname":"compute-0","services":[{{"service":"heartbeat","state":"enabled"}}]}}"#
-        );
-        assert_eq!(a.vim("PATCH", &format!("/v1/instances/{u}"), Some(&set)).0, 200);
+        assert_eq!(a.vim("PATCH", &format!("/v1/instances/{u}"), Some(&service_body(u, "enabled"))).0, 200);
     }
     for _ in 0..3 {
         gs.recv();

@@ -72,14 +72,7 @@ fn rel_hmac_same_key_heartbeat_events_reach_the_vim_and_are_acknowledged() {
     // reaches the server: the link works in both directions.
     let greeted = wait_for(WAIT, || (metric(&srv, "udp_commands_total") >= 1).then_some(()));
     assert!(greeted.is_some(), "no authenticated command reached guestServer:\n{}", a.log_text());
-    let hb = format!(r#"{{"uuid":"{HOST_UUID}","hostname":"compute-0"}}"#);
-    assert_eq!(a.vim("PUT", &format!("/v1/hosts/{HOST_UUID}/enable"), Some(&hb)).0, 200);
-    let create = format!(r#"{{"uuid":"{INST_A}","hostname":"compute-0","services":["heartbeat"]}}"#);
-    assert_eq!(a.vim("POST", &format!("/v1/instances/{INST_A}"), Some(&create)).0, 200);
-    let set = format!(
-        r#"{{"uuid":"{INST_A}","hostname":"compute-0","services":[{{"service":"heartbeat","state":"enabled"}}]}}"#
-    );
-    assert_eq!(a.vim("PATCH", &format!("/v1/instances/{INST_A}"), Some(&set)).0, 200);
+    a.vim_enable(INST_A);
     let enabled = wait_for(WAIT, || {
         let (_, body) = srv.get("/v1/instances");
         body.contains(INST_A).then_some(()).filter(|_| body.contains(r#""reporting":true"#))

@@ -61,15 +61,8 @@ impl Rig {
     /// Host and instance enabled at the agent, and the gate seen on at the server.
     fn provision(&mut self) {
         let a = self.agent();
-        let hb = format!(r#"{{"uuid":"{HOST_UUID}","hostname":"compute-0"}}"#);
-        assert_eq!(a.vim("PUT", &format!("/v1/hosts/{HOST_UUID}/enable"), Some(&hb)).0, 200);
         let u = &self.uuid;
-        let create = format!(r#"{{"uuid":"{u}","hostname":"compute-0","services":["heartbeat"]}}"#);
-        assert_eq!(a.vim("POST", &format!("/v1/instances/{u}"), Some(&create)).0, 200);
-        let set = format!(
-            r#"{{"uuid":"{u}","hostname":"compute-0","services":[{{"service":"heartbeat","state":"enabled"}}]}}"#
-        );
-        assert_eq!(a.vim("PATCH", &format!("/v1/instances/{u}"), Some(&set)).0, 200);
+        a.vim_enable(u);
         let on = wait_for(WAIT, || {
             let (_, body) = self.server.get("/v1/instances");
             let doc: serde_json::Value = serde_json::from_str(&body).ok()?;
