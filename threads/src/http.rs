@@ -308,4 +308,21 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "slots not given back");
         }
     }
+
+    #[test]
+    fn serves_ipv6_and_wildcard_addresses_and_stops() {
+        // Decisions §5: IPv6 works wherever an address is accepted. A
+        // wildcard bind is woken through loopback at stop.
+        for addr in ["[::1]:0", "0.0.0.0:0"] {
+            let (tx, _rx) = unbounded();
+            let h = spawn_http("http-v6", addr.parse().unwrap(), limits(), echo, tx, |e| e).unwrap();
+            let reach = if h.local_addr.is_ipv6() {
+                h.local_addr
+            } else {
+                SocketAddr::from(([127, 0, 0, 1], h.local_addr.port()))
+            };
+            assert!(get(reach, "/six").ends_with("GET /six 0"), "{addr}");
+            within(WAIT, move || drop(h));
+        }
+    }
 }
