@@ -134,7 +134,7 @@ fn rel_fault_channel_dir_deleted_and_recreated() {
     let mut guests: Vec<FakeGuest> = uuids.iter().map(|u| FakeGuest::listen(&ls.server.channels, u)).collect();
     for g in &mut guests {
         agent.enable(ls.server.udp, &g.uuid);
-        g.handshake(300);
+        g.handshake(5_000);
     }
     assert!(col.wait(WAIT, |e| count_in(e, cmd::HEARTBEAT_RUNNING, &uuids) == 5), "not all running");
     drop(guests);
@@ -146,7 +146,7 @@ fn rel_fault_channel_dir_deleted_and_recreated() {
     std::fs::create_dir_all(&ls.server.channels).unwrap();
     let mut guests: Vec<FakeGuest> = uuids.iter().map(|u| FakeGuest::listen(&ls.server.channels, u)).collect();
     for g in &mut guests {
-        g.handshake(300);
+        g.handshake(5_000);
     }
     assert!(col.wait(WAIT, |e| count_in(e, cmd::HEARTBEAT_RUNNING, &uuids) == 10), "not all running again");
     assert_eq!(col.count(cmd::HEARTBEAT_LOSS, &uuids), 0, "a deleted socket is not a loss");
@@ -184,7 +184,7 @@ fn rel_fault_inotify_overflow_triggers_a_full_rescan() {
     ls.server.signal(libc::SIGCONT);
     for g in &mut guests {
         // Well before the 180 s periodic audit.
-        g.handshake(300);
+        g.handshake(5_000);
     }
     let found = started.elapsed();
     assert!(metric(&ls.server, "rescans_total") > rescans, "no rescan");
