@@ -38,6 +38,16 @@ pub enum KeyFileError {
     Permissions { path: PathBuf, mode: u32 },
 }
 
+/// The `hmac_key_file` setting of either daemon: unset, empty or `off` is
+/// no key (the originals' unauthenticated envelope); anything else is a
+/// key file to load.
+pub fn from_setting(setting: Option<&Path>) -> Result<Option<HmacKey>, KeyFileError> {
+    match setting {
+        Some(p) if !p.as_os_str().is_empty() && p != Path::new("off") => load(p).map(Some),
+        _ => Ok(None),
+    }
+}
+
 /// Loads and checks the key file at `path`.
 pub fn load(path: &Path) -> Result<HmacKey, KeyFileError> {
     let io = |source| KeyFileError::Io { path: path.to_path_buf(), source };
@@ -80,6 +90,17 @@ mod tests {
         std::fs::write(&p, bytes).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
         p
+    }
+
+    #[test]
+    fn unset_empty_or_off_is_no_key() {
+        for off in [None, Some(Path::new("")), Some(Path::new("off"))] {
+            assert_eq!(from_setting(off).unwrap(), None);
+        }
+        let d = dir();
+        let p = write(&d, "k", b"secret", 0o600);
+        assert_eq!(from_setting(Some(&p)).unwrap(), Some(HmacKey::new(b"secret".to_vec()).unwrap()));
+        let _ = std::fs::remove_dir_all(d);
     }
 
     #[test]

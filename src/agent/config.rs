@@ -282,10 +282,8 @@ pub fn settings(
     };
     let retry_min = millis(agent, "retry_min_ms", "vim", 1000)?;
     let retry_max = millis(agent, "retry_max_ms", "vim", 30_000)?.max(retry_min);
-    let hmac_key = match args.hmac_key_file.clone().or_else(|| text("agent", "hmac_key_file").map(PathBuf::from)) {
-        Some(p) if !p.as_os_str().is_empty() && p != Path::new("off") => Some(crate::keyfile::load(&p)?),
-        _ => None,
-    };
+    let key_file = args.hmac_key_file.clone().or_else(|| text("agent", "hmac_key_file").map(PathBuf::from));
+    let hmac_key = crate::keyfile::from_setting(key_file.as_deref())?;
     let self_register = match agent {
         Some(i) => i.bool("agent", "self_register")?.unwrap_or(false),
         None => false,

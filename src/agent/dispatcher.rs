@@ -15,7 +15,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 use gh_threads::guard::{ExitReason, ThreadExit};
 
 use crate::daemon::write_health_file;
-use crate::wire::auth::{self, Stamp};
+use crate::wire::auth::Stamp;
 
 use super::api::{ApiError, ApiReply, ApiRequest};
 use super::config;
@@ -107,21 +107,11 @@ impl Dispatcher {
     pub fn handle(&mut self, ev: Event, now: Instant) -> Option<Stop> {
         let s = &mut self.state;
         match ev {
-            Event::Server { from, msg: Ok(m), stamp } => match stamp.map(|st| s.replay.check(st, auth::wall_us())) {
-                Some(Err(e)) => {
-                    s.counters.auth_failed += 1;
-                    s.warn_limited(now, format!("dropping datagram from {from}: {e}"));
-                }
-                _ => s.on_server(from, m, now),
+            Event::Server { from, msg, stamp } => match msg.and_then(|m| s.check_stamp(stamp).map(|()| m)) {
+                Ok(m) => s.on_server(from, m, now),
+                Err(e) => s.drop_datagram(from, &e, now),
             },
-            Event::Server { from, msg: Err(LinkError::Auth(e)), .. } => {
-                s.counters.auth_failed += 1;
-                s.warn_limited(now, format!("dropping datagram from {from}: {e}"));
-            }
-            Event::Server { from, msg: Err(e), .. } | Event::Mtc { from, msg: Err(e) } => {
-                s.counters.bad_datagrams += 1;
-                s.warn_limited(now, format!("bad datagram from {from}: {e}"));
-            }
+            Event::Mtc { from, msg: Err(e) } => s.drop_datagram(from, &e, now),
             Event::Mtc { msg: Ok(m), .. } => s.on_mtc(m, now),
             Event::Api { req, reply } => {
                 let result = s.on_api(req, now);

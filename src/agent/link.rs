@@ -1,5 +1,5 @@
 //! The guestServer link (agent spec §7): decoding the datagrams guestServers
-//! send (on the UDP receiver threads, through `decode_datagram`), encoding the
+//! send (on the UDP receiver threads, through `decoder`), encoding the
 //! commands the agent sends (§7.3, exact payloads, `100 + strlen` bytes), and
 //! the dispatcher's handling of every event (§7.4). With a shared key
 //! (`[agent] hmac_key_file`), received datagrams are opened on the receiver
@@ -71,11 +71,6 @@ pub fn decode(bytes: &[u8]) -> Result<ServerMsg, LinkError> {
     })
 }
 
-/// The UDP receiver's map function for guestServer sockets.
-pub fn decode_datagram(d: Datagram) -> Event {
-    Event::Server { from: d.from, msg: decode(&d.bytes), stamp: None }
-}
-
 /// Decodes a datagram, first checking its tag when a key is configured; the
 /// stamp (key on) is for the dispatcher's replay check.
 pub fn decode_keyed(key: Option<&HmacKey>, bytes: &[u8]) -> Result<(ServerMsg, Option<Stamp>), LinkError> {
@@ -88,9 +83,10 @@ pub fn decode_keyed(key: Option<&HmacKey>, bytes: &[u8]) -> Result<(ServerMsg, O
     }
 }
 
-/// The receiver's map function with the key on; the thread owns a copy.
-pub fn keyed_decoder(key: HmacKey) -> impl Fn(Datagram) -> Event + Send + 'static {
-    move |d: Datagram| match decode_keyed(Some(&key), &d.bytes) {
+/// The UDP receiver's map function for guestServer sockets; with a key, the
+/// thread owns a copy and opens every datagram with it.
+pub fn decoder(key: Option<HmacKey>) -> impl Fn(Datagram) -> Event + Send + 'static {
+    move |d: Datagram| match decode_keyed(key.as_ref(), &d.bytes) {
         Ok((msg, stamp)) => Event::Server { from: d.from, msg: Ok(msg), stamp },
         Err(e) => Event::Server { from: d.from, msg: Err(e), stamp: None },
     }
@@ -163,6 +159,28 @@ fn absorb(inst: &mut Instance, info: &InstanceInfo) {
 
 impl State {
     /// Handles one guestServer datagram.
+    /// The replay check of an authenticated datagram (no stamp: key off).
+    pub fn check_stamp(&mut self, stamp: Option<Stamp>) -> Result<(), LinkError> {
+        match stamp {
+            Some(st) => Ok(self.replay.check(st, auth::wall_us())?),
+            None => Ok(()),
+        }
+    }
+
+    /// A datagram that cannot be used: counted and logged (rate-limited).
+    pub fn drop_datagram(&mut self, from: SocketAddr, e: &LinkError, now: Instant) {
+        match e {
+            LinkError::Auth(e) => {
+                self.counters.auth_failed += 1;
+                self.warn_limited(now, format!("dropping datagram from {from}: {e}"));
+            }
+            e => {
+                self.counters.bad_datagrams += 1;
+                self.warn_limited(now, format!("bad datagram from {from}: {e}"));
+            }
+        }
+    }
+
     pub fn on_server(&mut self, from: SocketAddr, msg: ServerMsg, now: Instant) {
         self.counters.datagrams_in += 1;
         if !self.source_allowed(from, &msg) {

@@ -180,19 +180,10 @@ fn run(argv: Vec<String>) -> Result<(), MainError> {
             log::warn!("cannot raise the receive buffer of {addr}: {e}");
         }
         let name = format!("udp-server-{i}");
-        let spawned = match &settings.hmac_key {
-            None => {
-                spawn_udp_receiver(&name, sock, ENVELOPE_LEN, ev_tx.clone(), link::decode_datagram, Event::ThreadExited)
-            }
-            Some(key) => spawn_udp_receiver(
-                &name,
-                sock,
-                SEALED_LEN,
-                ev_tx.clone(),
-                link::keyed_decoder(key.clone()),
-                Event::ThreadExited,
-            ),
-        };
+        // With the key on, datagrams are the envelope plus stamp and tag.
+        let max_len = if settings.hmac_key.is_some() { SEALED_LEN } else { ENVELOPE_LEN };
+        let decoder = link::decoder(settings.hmac_key.clone());
+        let spawned = spawn_udp_receiver(&name, sock, max_len, ev_tx.clone(), decoder, Event::ThreadExited);
         receivers.push(spawned.map_err(io_err(name))?);
         log::info!("listening for guestServers on {addr}");
     }

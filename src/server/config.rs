@@ -211,10 +211,7 @@ impl Settings {
             .unwrap_or_else(local_hostname);
         let syslog = text(&flags.syslog_socket, "syslog_socket", "");
         let key_file = text(&flags.hmac_key_file, "hmac_key_file", "");
-        let hmac_key = match key_file.as_str() {
-            "" | "off" => None,
-            path => Some(crate::keyfile::load(Path::new(path))?),
-        };
+        let hmac_key = crate::keyfile::from_setting(Some(Path::new(&key_file)))?;
         Ok(Settings {
             foreground: flags.foreground,
             config: flags.config.clone(),

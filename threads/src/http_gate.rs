@@ -24,6 +24,7 @@ use std::thread::Builder;
 use std::time::{Duration, Instant};
 
 use crate::http_head::{self, Refusal};
+use crate::wake_addr;
 
 /// What the gate allows a client; see `GateLimits::new` for the defaults.
 #[derive(Debug, Clone, Copy)]
@@ -82,16 +83,6 @@ impl GateStop {
         self.flag.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect_timeout(&self.wake, Duration::from_secs(1));
     }
-}
-
-/// The address to connect to in order to reach `local` (a wildcard bind is
-/// reached through loopback).
-fn wake_addr(local: SocketAddr) -> SocketAddr {
-    let mut a = local;
-    if a.ip().is_unspecified() {
-        a.set_ip(if a.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
-    }
-    a
 }
 
 pub(crate) fn stop_for(listener: &TcpListener) -> std::io::Result<Arc<GateStop>> {

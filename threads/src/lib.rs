@@ -33,6 +33,19 @@ pub mod udp;
 pub mod watcher;
 pub mod wheel;
 
+/// Where to connect to reach a socket bound to `local` (to wake a thread
+/// blocked on it): the same address, with an unspecified IP replaced by the
+/// loopback of the same family. Used by `udp` and `http_gate`.
+pub(crate) fn wake_addr(local: std::net::SocketAddr) -> std::net::SocketAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let ip = match local.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    std::net::SocketAddr::new(ip, local.port())
+}
+
 /// Re-exported so that the domain crate builds its handlers against the very
 /// same rouille version as the server thread.
 pub use rouille;

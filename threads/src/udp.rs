@@ -6,7 +6,7 @@
 //! empty datagram to the socket itself, which wakes the blocked `recv_from`.
 
 use std::io::ErrorKind;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::Sender;
 
 use crate::guard::{spawn_named, ThreadExit};
+use crate::wake_addr;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Datagram {
@@ -63,17 +64,6 @@ impl Drop for UdpHandle {
             Err(e) => log::warn!("cannot wake udp thread, detaching it: {e}"),
         }
     }
-}
-
-/// Where to send the wake-up: the socket's own address, with an unspecified
-/// IP replaced by the loopback of the same family.
-fn wake_addr(local: SocketAddr) -> SocketAddr {
-    let ip = match local.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    SocketAddr::new(ip, local.port())
 }
 
 /// Spawns thread `name`; see the module doc. The buffer is `max_len + 1`
